@@ -1,0 +1,3 @@
+from flashlive.cli import main
+
+raise SystemExit(main())
