@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Redis server URL (default: ${REDIS_URL_ENV}, else an embedded server)",
     )
     common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
-    parser = argparse.ArgumentParser(prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

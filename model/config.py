@@ -81,7 +81,8 @@ class DropoutConfig:
             raise ValueError(f"unknown dropout mode {self.mode!r}; choose one of {', '.join(DROPOUT_MODES)}")
         if len(self.ratios) != len(self.layers) + 1:
             raise ValueError(
-                f"dropout needs one ratio more than layers: {len(self.layers)} layers, {len(self.ratios)} ratios"
+                "dropout needs one ratio more than layers: "
+                f"{len(self.layers)} layers, {len(self.ratios)} ratios"
             )
         if list(self.layers) != sorted(set(self.layers)) or any(k < 1 for k in self.layers):
             raise ValueError(f"dropout layers must be increasing and >= 1, got {list(self.layers)}")
