@@ -64,7 +64,11 @@ def resolve_checkpoint_dir(spec: str, *, download: bool = False) -> Path:
             raise CheckpointError(f"{path}: not a checkpoint directory (no config.json)")
         return path
     if not looks_like_repo_id(spec):
-        raise CheckpointError(f"{spec}: no such checkpoint directory, preset or repo id")
+        from flashlive.model.config import PRESETS
+
+        raise CheckpointError(
+            f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), checkpoint directory or repo id"
+        )
     return _from_hub(spec, download=download)
 
 
@@ -157,7 +161,7 @@ def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
     return FlashConfig(
         name=name,
         vision=vision,
-        merge=MergeConfig(tokens_per_clip=16 * vision.clip_frames),
+        merge=MergeConfig(tokens_per_clip=16 * vision.clip_frames, metric_chunks=vision.heads),
         llm=llm,
         dropout=dropout,
         max_frames=int(raw.get("flashlive_max_frames", 512)),
@@ -277,7 +281,7 @@ def llm_key(key: str) -> str | None:
 def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, prefix: str = "") -> None:
     """load_state_dict(strict=True), with errors that name the released key."""
     expected = module.state_dict()
-    tied = {k for k in expected if k == "lm_head.weight" and getattr(module, "tied", False)}
+    tied = tied_keys(module)
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
@@ -290,7 +294,13 @@ def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, 
             raise CheckpointError(
                 f"{part}: tensor {prefix}{key} has shape {got}, expected {tuple(want.shape)}"
             )
-    module.load_state_dict(tensors, strict=not tied)
+    module.load_state_dict(tensors, strict=True)  # a tied module's pre-hook fills lm_head.weight
+
+
+def tied_keys(module: nn.Module) -> set[str]:
+    """Keys a checkpoint may leave out because they share storage with another (a tied LM head)."""
+    cfg = getattr(module, "config", None)
+    return {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
 
 
 def _more(keys: list[str]) -> str:
@@ -310,7 +320,7 @@ def save_released_layout(
     state: dict[str, torch.Tensor] = {}
     for prefix, module in parts:
         for key, tensor in module.state_dict().items():
-            if key == "lm_head.weight" and getattr(module, "tied", False):
+            if key in tied_keys(module):
                 continue
             state[prefix + key] = tensor.detach().contiguous().clone()
     shards: list[dict[str, torch.Tensor]] = [{}]

@@ -130,6 +130,7 @@ PRESETS: dict[str, FlashConfig] = {
     "tiny": FlashConfig(
         name="tiny",
         vision=VisionConfig(image_size=224, width=64, layers=2, heads=4, mlp_dim=256),
+        merge=MergeConfig(metric_chunks=4),  # the release averages the metric over the tower's heads
         llm=LLMConfig(
             vocab_size=151936,
             hidden_size=64,
@@ -137,7 +138,7 @@ PRESETS: dict[str, FlashConfig] = {
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=32768,
+            max_position_embeddings=8192,  # a toy context, so "question too long" is cheap to reach
             tie_word_embeddings=True,
         ),
         dropout=None,

@@ -1,0 +1,131 @@
+"""`flashlive ask-file`: answer a question about a video file, streaming the answer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from flashlive.cli import CommandError
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "ask-file",
+        parents=parents,
+        help="answer a question about a video file",
+        description="Decode VIDEO, sample ~1 fps into 4-frame clips, compress them and answer QUESTION.",
+    )
+    p.add_argument("video", metavar="VIDEO")
+    p.add_argument("question", metavar="QUESTION")
+    add_model_args(p)
+    p.add_argument("--max-frames", type=int, default=None, help="frame budget (default: the model's, 512)")
+    add_dropout_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(handler=ask_file)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="preset name, checkpoint directory or HF repo id")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--download", action="store_true", help="fetch a repo id's weights if not cached")
+
+
+def add_dropout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dropout",
+        default=None,
+        help="visual dropout mode: off, uniform, attention, uniform0_attention, uniform1_attention "
+        "(default: the checkpoint's setting)",
+    )
+    p.add_argument("--dropout-layers", default="4,18", help="comma-separated layers (default 4,18)")
+    p.add_argument(
+        "--dropout-ratios", default="1,0.75,0.25", help="one more than layers (default 1,0.75,0.25)"
+    )
+
+
+def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
+    from flashlive.model.config import DropoutConfig
+
+    if args.dropout is None:
+        return default
+    if args.dropout == "off":
+        return None
+    try:
+        layers = tuple(int(v) for v in args.dropout_layers.split(",") if v.strip())
+        ratios = tuple(float(v) for v in args.dropout_ratios.split(",") if v.strip())
+        return DropoutConfig(args.dropout, layers, ratios)
+    except ValueError as exc:
+        raise CommandError(f"bad dropout settings: {exc}") from None
+
+
+def ask_file(args: argparse.Namespace) -> int:
+    from flashlive.model.answer import Answerer
+    from flashlive.model.checkpoint import CheckpointError
+    from flashlive.model.dropout import DropoutError, check_dropout
+    from flashlive.model.pipeline import load_tower_encoder
+    from flashlive.model.prompt import PromptError
+    from flashlive.model.video import VideoError, read_video
+
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        encoder = load_tower_encoder(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        answerer = Answerer.load(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        timings["load"] = time.perf_counter() - t0
+        dropout = parse_dropout(args, answerer.cfg.dropout)
+        if dropout is not None:
+            check_dropout(dropout, answerer.cfg.llm.num_hidden_layers)
+        t0 = time.perf_counter()
+        max_frames = args.max_frames if args.max_frames is not None else answerer.cfg.max_frames
+        video = read_video(args.video, clip_frames=encoder.clip_frames, max_frames=max_frames)
+        timings["decode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = len(video.frames) // encoder.clip_frames
+        clips = video.frames.reshape(n, encoder.clip_frames, *video.frames.shape[1:])
+        tokens = encoder.encode(clips)
+        timings["encode"] = time.perf_counter() - t0
+        stream = answerer.stream(
+            tokens,
+            args.question,
+            duration=video.duration,
+            num_frames=len(video.frames),
+            dropout=dropout,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+        for piece in stream:
+            if not args.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except (VideoError, CheckpointError, PromptError, DropoutError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    result = stream.result
+    timings.update(result.timings)
+    if args.json:
+        report = {
+            "answer": result.answer,
+            "model": answerer.cfg.name,
+            "frames": len(video.frames),
+            "duration": round(video.duration, 3),
+            "clips": result.clips,
+            "visual_tokens": result.visual_tokens,
+            "visual_tokens_kept": result.visual_kept,
+            "dropout": None if dropout is None else vars(dropout),
+            "prompt_tokens": result.prompt_tokens,
+            "new_tokens": result.new_tokens,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+        print(json.dumps(report))
+    else:
+        sys.stdout.write("\n")
+    return 0
