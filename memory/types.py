@@ -28,3 +28,44 @@ class Clip:
     thumbnail: bytes = b""  # small JPEG of one frame of the clip
     wall_start: float = 0.0  # unix time the first frame was captured (0 when unknown)
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClipInfo:
+    """A stored clip without its tokens: what listings, timelines and thumbnail replays need."""
+
+    stream: str
+    id: str  # Redis stream entry id, "<start ms>-1"
+    start: float
+    end: float
+    frames: int
+    encoder_id: str
+    token_shape: tuple[int, ...]
+    nbytes: int  # token bytes + thumbnail bytes held for this clip
+    thumbnail: bytes = b""  # filled only when asked for
+    wall_start: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+    token_dtype: str = "float16"
+
+
+@dataclass
+class StreamStats:
+    """What the memory holds for one stream. Times are on the stream timeline (see Clip)."""
+
+    stream: str
+    clips: int
+    bytes: int  # token + thumbnail bytes of the clips held (Redis overhead not included)
+    first_start: float | None  # None while the stream holds no clip
+    last_end: float | None
+    trimmed_clips: int  # removed by retention so far
+    trimmed_bytes: int
+    dropped: int  # lost to a full local buffer while Redis was unreachable
+    duplicates: int  # appends ignored because that clip was already stored
+    encoder_id: str
+    state: str
+
+    @property
+    def span(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return self.last_end - self.first_start

