@@ -187,7 +187,7 @@ class VideoMemory:
 
     async def _write(self, enc: EncodedClip) -> AppendStatus:
         keys = StreamKeys(self.prefix, enc.stream)
-        args = [
+        args: list[Any] = [
             enc.id_ms, enc.stream, enc.start, enc.end, enc.frames, enc.encoder_id, "float16", enc.shape,
             enc.wall_start, enc.extra, enc.tokens, enc.thumbnail,
             round(self.retention.seconds * 1000), self.retention.max_bytes, repr(time.time()), enc.tail,
@@ -554,7 +554,7 @@ class VideoMemory:
             if thumbnails and decoded:
                 blobs = await self.client.hmget(keys.thumbs, [info.id for info, _ in decoded])
                 for (info, _), blob in zip(decoded, blobs, strict=True):
-                    info.thumbnail = blob or b""
+                    info.thumbnail = blob if isinstance(blob, bytes) else b""
             yield decoded, keys
             lo = f"{id_ms(_s(entries[-1][0]))}-{ENTRY_SEQ + 1}"  # the id just after the last one read
             if len(entries) < batch:

@@ -56,6 +56,11 @@ class Answerer:
         spec = resolve(model, device=device, dtype=dtype, download=download)
         return cls(spec.cfg, build_projector(spec, progress=True), build_llm(spec, progress=True), spec.ckpt)
 
+    def text(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)
+        return text
+
     def visual_embeddings(self, tokens: np.ndarray) -> torch.Tensor:
         # tokens: [N, 64, C] fp16 -> [N*64, H]
         t = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.llm.device, self.llm.dtype)
@@ -133,13 +138,13 @@ class AnswerStream:
             llm, out, max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed
         ):
             generated.append(token)
-            text_so_far = a.tokenizer.decode(generated, skip_special_tokens=True)
+            text_so_far = a.text(generated)
             if text_so_far.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
             piece, shown = text_so_far[len(shown) :], text_so_far
             if piece:
                 yield piece
-        final = a.tokenizer.decode(generated, skip_special_tokens=True)
+        final = a.text(generated)
         if final != shown:
             yield final[len(shown) :]
         self.result.answer = final

@@ -115,7 +115,9 @@ def test_released_configs_map_to_presets() -> None:
     raw = released_config_dict(PRESETS["VideoChat-Flash-Qwen2-7B_res448"])
     raw.update(mm_llm_compress=True, llm_compress_type="uniform0_attention")
     raw.update(llm_compress_layer_list="4,18", llm_image_token_ratio_list="1,0.75,0.25")
-    assert config_from_released(raw, "x").dropout == DropoutConfig("uniform0_attention", (4, 18), (1, 0.75, 0.25))
+    assert config_from_released(raw, "x").dropout == DropoutConfig(
+        "uniform0_attention", (4, 18), (1, 0.75, 0.25)
+    )
 
 
 def test_bad_configs_and_sources_are_clear(tmp_path: Path) -> None:
@@ -128,7 +130,7 @@ def test_bad_configs_and_sources_are_clear(tmp_path: Path) -> None:
             config_from_released({**raw, key: value}, "x")
     with pytest.raises(CheckpointError, match="missing key 'hidden_size'"):
         config_from_released({k: v for k, v in raw.items() if k != "hidden_size"}, "x")
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         resolve_checkpoint_dir(str(tmp_path))
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         resolve_checkpoint_dir("OpenGVLab/VideoChat-Flash-Qwen2-7B_res224")

@@ -1,0 +1,195 @@
+"""Run many streams in one process: one task per stream, one compressor (worker thread) per device.
+
+    async with Ingest(encoder, memory) as ingest:
+        ingest.start_stream(StreamSpec("lobby", "rtsp://cam/1"))
+        await ingest.wait()
+
+WHIP sessions come in through `on_session(name, source)`: the WHIP app calls it when a publisher
+connects, and the session's frames go through the same sampler -> clips -> compressor path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from flashlive.config import FlashliveConfig, IngestConfig, StreamConfig
+from flashlive.memory.keys import check_stream_name
+from flashlive.model.encoder import ClipEncoder
+
+from .compressor import ClipSink, Compressor, Policy
+from .lifecycle import StateSink, StreamRunner, StreamSpec
+from .metrics import Metrics
+from .sources.base import Source
+from .types import SourceInvalid
+
+if TYPE_CHECKING:
+    from .sources.whip import WhipApp, WhipSource
+
+log = logging.getLogger(__name__)
+
+
+class IngestMemory(ClipSink, StateSink, Protocol):
+    """What ingest needs from memory: `append(clip)` and `set_state(stream, state, **fields)`."""
+
+
+def spec_from_config(name: str, stream: StreamConfig, defaults: IngestConfig | None = None) -> StreamSpec:
+    """A StreamSpec for one `streams.NAME` entry of the config file."""
+    d = defaults or IngestConfig()
+    options: dict[str, Any] = {"name": name}
+    if stream.url:
+        options.update(
+            realtime=stream.realtime,
+            loop=stream.loop,
+            rtsp_transport=stream.transport,
+            open_timeout=stream.open_timeout_s,
+            read_timeout=stream.read_timeout_s,
+        )
+        if stream.credentials is not None:
+            if stream.credentials.user is not None:
+                options["user"] = stream.credentials.user
+            if stream.credentials.password is not None:
+                options["password"] = stream.credentials.password.get_secret_value()
+    backfill = bool(stream.url) and not stream.realtime
+    policy: Policy = stream.policy or ("wait" if backfill else d.policy)
+    return StreamSpec(
+        name=name,
+        url=stream.url if stream.url else None,
+        source_options=options,
+        fps=stream.fps or d.fps,
+        policy=policy,
+        max_pending=d.max_pending_clips,
+        min_fps=min(d.min_fps, stream.fps or d.fps),
+        max_side=d.max_side,
+        retry=not stream.whip,
+        backoff_initial_s=d.backoff_initial_s,
+        backoff_max_s=d.backoff_max_s,
+    )
+
+
+def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, StreamSpec]:
+    """Specs of the enabled streams: pulled ones (`whip=False`) or WHIP ones (`whip=True`, for
+    `Ingest.whip_app(streams=...)`: they start when a publisher connects)."""
+    return {
+        name: spec_from_config(name, s, cfg.ingest)
+        for name, s in cfg.streams.items()
+        if s.enabled and s.whip == whip
+    }
+
+
+class Ingest:
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        memory: IngestMemory | Any,
+        *,
+        metrics: Metrics | None = None,
+        max_batch: int = 8,
+        thumbnail_width: int = 160,
+    ) -> None:
+        self.encoder = encoder
+        self.memory = memory
+        self.metrics = metrics or Metrics()
+        self.compressor = Compressor(
+            encoder, memory, self.metrics, max_batch=max_batch, thumbnail_width=thumbnail_width
+        )
+        self.runners: dict[str, StreamRunner] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def running(self, name: str) -> bool:
+        task = self.tasks.get(name)
+        return task is not None and not task.done()
+
+    def start_stream(self, spec: StreamSpec, source: Source | None = None) -> StreamRunner:
+        """Start one stream's task. `source`: an already-made source (a WHIP session), used once."""
+        check_stream_name(spec.name)  # InvalidRequestError (a ValueError) before anything starts
+        if self.running(spec.name):
+            raise ValueError(f"stream {spec.name!r} is already running")
+        if source is None and spec.url is None:
+            raise ValueError(f"stream {spec.name!r} has neither a URL nor a source")
+        runner = StreamRunner(
+            spec,
+            self.compressor,
+            self.memory,
+            opener=self._opener(spec, source),
+            clip_frames=self.encoder.clip_frames,
+        )
+        self.runners[spec.name] = runner
+        task = asyncio.get_running_loop().create_task(runner.run(), name=f"stream-{spec.name}")
+        task.add_done_callback(lambda t: self._done(spec.name, t))
+        self.tasks[spec.name] = task
+        return runner
+
+    @staticmethod
+    def _opener(spec: StreamSpec, source: Source | None) -> Any:
+        handed = [source] if source is not None else []
+
+        def open_it() -> Source:
+            if handed:
+                return handed.pop()
+            if spec.url is None:
+                raise SourceInvalid(f"{spec.name}: the session ended and cannot be reopened")
+            from .sources import open_source
+
+            return open_source(spec.url, **spec.source_options)
+
+        return open_it
+
+    def _done(self, name: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: stream task failed: %r", name, task.exception())
+
+    async def on_session(self, name: str, source: Source, spec: StreamSpec | None = None) -> None:
+        """A WHIP publisher connected as `name`: ingest its frames until it leaves (DELETE ends the
+        stream in `stopped`). A second publisher for a stream that is running gets 409."""
+        from .sources.whip import WhipRejected
+
+        if self.running(name):
+            raise WhipRejected(409, f"stream {name!r} already has a publisher")
+        spec = dataclasses.replace(spec) if spec is not None else StreamSpec(name)
+        spec.retry = False  # the publisher reconnects, not us
+        self.start_stream(spec, source)
+
+    def whip_app(
+        self, *, token: str | None = None, prefix: str = "", streams: Mapping[str, StreamSpec] | None = None
+    ) -> WhipApp:
+        """A WHIP ASGI app whose sessions are ingested here. With `streams`, only those names (and
+        their settings) are accepted; without, any valid stream name is."""
+        from .sources.whip import WhipApp, WhipRejected
+
+        async def on_session(name: str, source: WhipSource) -> None:
+            if streams is not None and name not in streams:
+                raise WhipRejected(404, f"no stream named {name!r} accepts WHIP publishers")
+            await self.on_session(name, source, streams[name] if streams is not None else None)
+
+        return WhipApp(on_session, token=token, prefix=prefix)
+
+    async def stop_stream(self, name: str) -> None:
+        runner, task = self.runners.get(name), self.tasks.get(name)
+        if runner is None or task is None:
+            return
+        await runner.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def wait(self, names: Iterable[str] | None = None) -> None:
+        """Until the named streams (default: all) have stopped."""
+        tasks = [self.tasks[n] for n in (names or list(self.tasks)) if n in self.tasks]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop_stream(n) for n in list(self.tasks)), return_exceptions=True)
+        await self.compressor.close(drain=True)

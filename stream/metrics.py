@@ -1,0 +1,124 @@
+"""In-process counters and gauges per stream. The web layer serves them as Prometheus text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+STATES = ("connecting", "live", "retrying", "stopped")
+
+
+@dataclass
+class StreamMetrics:
+    name: str
+    state: str = "connecting"
+    source: str = ""  # redacted URL
+    frames_in: int = 0  # decoded frames seen
+    frames_sampled: int = 0
+    clips: int = 0  # clips appended to memory
+    dropped_clips: int = 0  # clips skipped by backpressure
+    pending_clips: int = 0  # complete clips waiting for the encoder
+    lag_s: float = 0.0  # seconds the oldest waiting clip has waited (0 when caught up)
+    latency_s: float = 0.0  # last clip: complete -> stored
+    sample_fps: float = 0.0  # current sample rate (lower than configured under `lower_fps`)
+    input_fps: float = 0.0  # decoded frames per second, smoothed
+    reconnects: int = 0
+    errors: int = 0
+    last_error: str = ""
+    last_clip_end: float = 0.0  # stream time
+    since: float = field(default_factory=time.time)  # unix time of the last state change
+    _last_frame: float = field(default=0.0, repr=False)
+    _mean_dt: float = field(default=0.0, repr=False)
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown stream state {state!r}")
+        if state != self.state:
+            self.since = time.time()
+        self.state = state
+        if error:
+            self.errors += 1
+            self.last_error = error
+
+    def count_frame(self, now: float) -> None:
+        """Update the decoded-frame rate: 1 / (exponential average of frame intervals, ~20 frames)."""
+        self.frames_in += 1
+        last, self._last_frame = self._last_frame, now
+        if last > 0 and now >= last:
+            dt = now - last
+            self._mean_dt = dt if self._mean_dt == 0 else 0.95 * self._mean_dt + 0.05 * dt
+            self.input_fps = 1.0 / self._mean_dt if self._mean_dt > 0 else 0.0
+
+
+class Metrics:
+    """All streams of one process."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, StreamMetrics] = {}
+        self.encode_batches = 0
+        self.encode_clips = 0
+        self.encode_seconds = 0.0
+
+    def stream(self, name: str) -> StreamMetrics:
+        if name not in self.streams:
+            self.streams[name] = StreamMetrics(name)
+        return self.streams[name]
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {
+            name: {k: v for k, v in vars(m).items() if not k.startswith("_")}
+            for name, m in self.streams.items()
+        }
+
+    def prometheus_text(self) -> str:
+        """The Prometheus text exposition format (0.0.4)."""
+        lines: list[str] = []
+
+        def family(metric: str, kind: str, help_text: str, values: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {metric} {help_text}")
+            lines.append(f"# TYPE {metric} {kind}")
+            lines.extend(f"{metric}{{{labels}}} {value:g}" for labels, value in values)
+
+        ms = sorted(self.streams.values(), key=lambda m: m.name)
+
+        def per(attr: str) -> list[tuple[str, float]]:
+            return [(f'stream="{_escape(m.name)}"', float(getattr(m, attr))) for m in ms]
+
+        family(
+            "flashlive_stream_state",
+            "gauge",
+            "1 for the stream's current state",
+            [(f'stream="{_escape(m.name)}",state="{s}"', float(m.state == s)) for m in ms for s in STATES],
+        )
+        family("flashlive_stream_frames_total", "counter", "Decoded frames", per("frames_in"))
+        family("flashlive_stream_sampled_frames_total", "counter", "Sampled frames", per("frames_sampled"))
+        family("flashlive_stream_clips_total", "counter", "Clips stored in memory", per("clips"))
+        family(
+            "flashlive_stream_dropped_clips_total",
+            "counter",
+            "Clips skipped by backpressure",
+            per("dropped_clips"),
+        )
+        family("flashlive_stream_reconnects_total", "counter", "Reconnect attempts", per("reconnects"))
+        family("flashlive_stream_errors_total", "counter", "Source errors", per("errors"))
+        family(
+            "flashlive_stream_pending_clips", "gauge", "Clips waiting for the encoder", per("pending_clips")
+        )
+        family(
+            "flashlive_stream_lag_seconds",
+            "gauge",
+            "How long the oldest waiting clip has waited",
+            per("lag_s"),
+        )
+        family("flashlive_stream_latency_seconds", "gauge", "Last clip, complete to stored", per("latency_s"))
+        family("flashlive_stream_sample_fps", "gauge", "Current sample rate", per("sample_fps"))
+        family("flashlive_stream_input_fps", "gauge", "Decoded frame rate", per("input_fps"))
+        family("flashlive_encode_clips_total", "counter", "Clips encoded", [("", float(self.encode_clips))])
+        family(
+            "flashlive_encode_seconds_total", "counter", "Time spent encoding", [("", self.encode_seconds)]
+        )
+        return "\n".join(line.replace("{}", "") for line in lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

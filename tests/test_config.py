@@ -1,0 +1,149 @@
+"""The YAML config: schema, ${ENV} substitution, and errors that name their line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flashlive.cli import main
+from flashlive.config import ConfigError, FlashliveConfig, load_config, parse_config
+from flashlive.stream.ingest import specs_from_config
+
+EXAMPLE = """\
+streams:
+  lobby:
+    url: rtsp://10.0.0.7/stream1
+    credentials:
+      user: viewer
+      password: "${LOBBY_PASSWORD}"
+    transport: udp
+    fps: 0.5
+  phone:
+    whip: true
+  archive:
+    url: /videos/monday.mp4
+    realtime: false
+  demo:
+    url: ${DEMO_URL:-/videos/demo.mp4}
+    loop: true
+    policy: skip
+    enabled: false
+ingest:
+  backoff_max_s: 30
+model: {name: tiny, device: cpu}
+memory:
+  redis_url: "${REDIS_URL:-}"
+  retention_s: 86400
+web:
+  port: 8080
+  whip_token: "$${not-substituted}"
+"""
+
+
+def test_example_parses_with_env_and_defaults() -> None:
+    cfg = parse_config(EXAMPLE, env={"LOBBY_PASSWORD": "hunter2"})
+    lobby = cfg.streams["lobby"]
+    assert lobby.url == "rtsp://10.0.0.7/stream1" and lobby.transport == "udp" and lobby.fps == 0.5
+    assert lobby.credentials is not None and lobby.credentials.password is not None
+    assert lobby.credentials.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+    assert cfg.streams["phone"].whip and cfg.streams["phone"].url is None
+    assert cfg.streams["demo"].url == "/videos/demo.mp4"  # ${VAR:-default}
+    assert cfg.memory.redis_url is None  # empty means the embedded server
+    assert cfg.web.whip_token is not None and cfg.web.whip_token.get_secret_value() == "${not-substituted}"
+    assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.model.max_batch == 8
+    assert cfg.worker.concurrency == 1
+
+
+def test_specs_follow_the_config() -> None:
+    cfg = parse_config(EXAMPLE, env={"LOBBY_PASSWORD": "hunter2", "DEMO_URL": "/tmp/x.mp4"})
+    pulled = specs_from_config(cfg)
+    assert sorted(pulled) == ["archive", "lobby"]  # demo is disabled, phone is WHIP
+    lobby, archive = pulled["lobby"], pulled["archive"]
+    assert lobby.fps == 0.5 and lobby.policy == "lower_fps" and lobby.retry
+    assert lobby.source_options["password"] == "hunter2" and lobby.source_options["rtsp_transport"] == "udp"
+    assert lobby.min_fps <= lobby.fps and lobby.backoff_max_s == 30
+    assert archive.policy == "wait" and archive.source_options["realtime"] is False  # backfill loses nothing
+    whip = specs_from_config(cfg, whip=True)
+    assert list(whip) == ["phone"] and whip["phone"].url is None and not whip["phone"].retry
+
+
+def test_empty_file_is_all_defaults() -> None:
+    assert parse_config("") == FlashliveConfig()
+    assert parse_config("# nothing\n").streams == {}
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="t.yaml", env=env or {})
+    return [(p.line, p.path, p.message) for p in err.value.problems]
+
+
+def test_every_error_names_its_line() -> None:
+    text = """\
+streams:
+  lobby:
+    url: rtsp://x/y
+    fps: -1
+  phone:
+    whip: true
+    url: rtsp://z
+  nothing: {}
+  bad name!:
+    url: a.mp4
+model:
+  nmae: tiny
+web:
+  port: eighty
+"""
+    found = problems(text)
+    by_path = {path: (line, msg) for line, path, msg in found}
+    assert by_path["streams.lobby.fps"] == (4, "Input should be greater than 0")
+    assert by_path["streams.phone"][0] == 5 and "not both" in by_path["streams.phone"][1]
+    assert by_path["streams.nothing"][0] == 8 and "needs a source" in by_path["streams.nothing"][1]
+    assert by_path["streams.bad name!"][0] == 9 and "bad name" in by_path["streams.bad name!"][1]
+    assert by_path["model.nmae"][0] == 12 and "unknown setting" in by_path["model.nmae"][1]
+    assert by_path["web.port"][0] == 14
+    assert len(found) == 6
+
+
+def test_duplicate_keys_missing_env_and_syntax_errors() -> None:
+    assert problems("streams:\n  a: {url: x.mp4}\n  a: {url: y.mp4}\n") == [
+        (3, "streams.a", "duplicate key (first given on line 2)")
+    ]
+    assert problems("streams:\n  a:\n    url: rtsp://h/s\n    credentials: {password: '${CAM_PW}'}\n") == [
+        (4, "streams.a.credentials.password", "environment variable CAM_PW is not set")
+    ]
+    ((line, path, message),) = problems("streams:\n  a: {url: [\n")
+    assert line == 3 and path == "" and message.startswith("YAML syntax")
+    ((line, _, message),) = problems("- just\n- a list\n")
+    assert line == 1 and "mapping" in message
+
+
+def test_error_text_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streams:\n  a:\n    url: x.mp4\n    fsp: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert (
+        str(err.value)
+        == f"{bad}:4: streams.a.fsp: unknown setting (check the spelling; see docs/ingest.md for the schema)"
+    )
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("streams:\n  cam: {url: rtsp://h/s}\n  phone: {whip: true}\n")
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and "cam (rtsp)" in out and "phone (whip)" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streams:\n  cam:\n    url: rtsp://h/s\n    fps: zero\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: streams.cam.fps" in err
+    assert main(["ingest", "--config", str(bad)]) == 2
+    assert f"{bad}:4" in capsys.readouterr().err

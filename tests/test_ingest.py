@@ -1,0 +1,330 @@
+"""Ingest end to end with real parts: GStreamer RTSP server, redis-server, the tiny encoder, PyAV files.
+
+Each test keeps the video short (seconds); the real tiny encoder costs ~15 ms a clip on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import importlib.util
+import itertools
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import media
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from conftest import require
+from rtsp_fixture import RtspServer, free_port, rtsp_server  # noqa: F401
+
+from flashlive.config import StreamConfig
+from flashlive.memory.errors import RangeOutsideMemoryError, UnknownStreamError
+from flashlive.memory.server import RedisServer
+from flashlive.memory.store import VideoMemory
+from flashlive.memory.types import ClipInfo
+from flashlive.model.encoder import ClipEncoder, load_clip_encoder
+from flashlive.stream.ingest import Ingest, spec_from_config
+from flashlive.stream.lifecycle import StreamSpec
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ClipEncoder:
+    return load_clip_encoder("tiny")
+
+
+@pytest.fixture
+async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
+    mem = VideoMemory.from_url(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield mem
+    await mem.close()
+
+
+async def infos(memory: VideoMemory, stream: str) -> list[ClipInfo]:
+    try:
+        return await memory.list_clips(stream)
+    except (UnknownStreamError, RangeOutsideMemoryError):
+        return []
+
+
+def assert_monotonic(clips: list[ClipInfo]) -> None:
+    for a, b in itertools.pairwise(clips):
+        assert b.start >= a.end - 1e-6 and b.start > a.start, (a, b)
+
+
+async def test_file_backfill_clip_count_and_times_match_the_duration(
+    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
+) -> None:
+    path = tmp_path / "ten.mp4"
+    media.write_video(path, seconds=10, fps=10, size=(96, 64))
+    async with Ingest(encoder, memory) as ingest:
+        runner = ingest.start_stream(spec_from_config("ten", StreamConfig(url=str(path), realtime=False)))
+        assert runner.spec.policy == "wait"  # backfill never drops clips
+        await asyncio.wait_for(ingest.wait(), 30)
+    assert runner.state == "stopped" and runner.error is None
+    got = await infos(memory, "ten")
+    # 10 s at 1 fps = 10 frames = two full clips and one of 2 frames (padded for the encoder)
+    assert [(c.start, c.end, c.frames) for c in got] == [
+        pytest.approx((0.0, 4.0, 4)),
+        pytest.approx((4.0, 8.0, 4)),
+        pytest.approx((8.0, 10.0, 2)),
+    ]
+    assert all(c.encoder_id == encoder.encoder_id for c in got)
+    assert all(c.token_shape == (encoder.tokens_per_clip, encoder.width) for c in got)
+    window = await memory.read_window("ten", encoder_id=encoder.encoder_id, thumbnails=True)
+    assert [c.start for c in window] == [c.start for c in got]
+    assert all(c.thumbnail[:2] == b"\xff\xd8" for c in window)
+    assert all(np.isfinite(c.tokens.astype(np.float32)).all() for c in window)
+    # different video -> different tokens (the encoder really saw the frames)
+    assert not np.array_equal(window[0].tokens, window[1].tokens)
+    meta = await memory.meta("ten")
+    assert meta["state"] == "stopped" and meta["error"] == "" and meta["source"] == str(path)
+
+
+async def test_rtsp_cadence_outage_and_recovery(
+    rtsp_server: RtspServer,  # noqa: F811
+    encoder: ClipEncoder,
+    memory: VideoMemory,
+) -> None:
+    fps = 2.0  # a clip every 2 s keeps the test short
+    spec = StreamSpec(
+        "cam",
+        rtsp_server.url,
+        {"name": "cam", "open_timeout": 2.0, "read_timeout": 1.5},
+        fps=fps,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+    )
+    async with Ingest(encoder, memory) as ingest:
+        runner = ingest.start_stream(spec)
+        await runner.wait_state("live", timeout=20)
+        t_live = time.time()
+        await asyncio.sleep(6.5)
+        got = await infos(memory, "cam")
+        expected = (time.time() - t_live) * fps / encoder.clip_frames
+        assert abs(len(got) - expected) <= 1, (len(got), expected)
+        assert len(got) >= 2
+        assert_monotonic(got)
+        # live timeline = wall clock; 4 frames at 0.5 s span 2 s
+        assert abs(got[0].start - t_live) < 2.0
+        assert all(abs((c.end - c.start) - 2.0) < 0.2 for c in got)
+        assert all(abs(c.wall_start - c.start) < 1.0 for c in got)
+        assert (await memory.meta("cam"))["state"] == "live"
+
+        rtsp_server.stop()
+        await runner.wait_state("retrying", timeout=10)
+        meta = await memory.meta("cam")
+        assert meta["state"] == "retrying" and meta["error"]
+        await asyncio.sleep(1.0)
+
+        await asyncio.to_thread(rtsp_server.start)
+        t_back = time.time()
+        await runner.wait_state("live", timeout=5)
+        assert time.time() - t_back < 5
+        deadline = time.monotonic() + 6  # the first new clip needs 4 frames at 2 fps
+        while (await infos(memory, "cam"))[-1].start < t_back - 0.5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        after = await infos(memory, "cam")
+        assert after[-1].start > t_back - 0.5  # clips from after the restart
+        assert_monotonic(after)  # across the outage too
+        assert runner.metrics.reconnects >= 1
+    assert (await memory.meta("cam"))["state"] == "stopped"
+
+
+async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
+    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
+) -> None:
+    good = tmp_path / "good.mp4"
+    media.write_video(good, seconds=2, fps=10, size=(96, 64))
+    corrupt, garbage, codec = tmp_path / "corrupt.mp4", tmp_path / "garbage.mkv", tmp_path / "codec.mp4"
+    media.write_corrupt(corrupt, good)
+    media.write_garbage(garbage)
+    codec.write_bytes(good.read_bytes().replace(b"avc1", b"zzzz"))  # a codec no decoder knows
+    unreachable = f"rtsp://127.0.0.1:{free_port()}/nobody"
+
+    def spec(name: str, url: str, **kw: object) -> StreamSpec:
+        return StreamSpec(name, url, {"name": name, "open_timeout": 1.0, **kw}, fps=2.0, backoff_max_s=1.0)
+
+    async with Ingest(encoder, memory) as ingest:
+        healthy = ingest.start_stream(spec("healthy", str(good), loop=True, realtime=True))
+        await healthy.wait_state("live", timeout=10)
+        bad = {
+            "corrupt": ingest.start_stream(spec("corrupt", str(corrupt))),
+            "garbage": ingest.start_stream(spec("garbage", str(garbage))),
+            "codec": ingest.start_stream(spec("codec", str(codec))),
+            "unreachable": ingest.start_stream(spec("unreachable", unreachable)),
+        }
+        counts, states = [], set()
+        for _ in range(24):  # 6 s: the healthy stream makes a clip every 2 s
+            await asyncio.sleep(0.25)
+            states.add(healthy.state)
+            counts.append(len(await infos(memory, "healthy")))
+        for name in ("corrupt", "garbage", "codec"):
+            assert bad[name].state == "stopped", name
+            meta = await memory.meta(name)
+            assert meta["state"] == "stopped" and meta["error"] == bad[name].error
+        assert "not a playable video" in str(bad["corrupt"].error) and "corrupt.mp4" in str(
+            bad["corrupt"].error
+        )
+        assert "not a playable video" in str(bad["garbage"].error)
+        assert "unsupported video codec" in str(bad["codec"].error)
+        assert bad["unreachable"].state in ("retrying", "connecting")
+        meta = await memory.meta("unreachable")
+        assert meta["state"] in ("retrying", "connecting") and meta["error"]
+        assert bad["unreachable"].metrics.reconnects >= 2  # it keeps trying, with backoff
+        assert states == {"live"}
+        assert counts[-1] >= 2 and counts[8] > counts[0] and counts[-1] > counts[8]
+    assert_monotonic(await infos(memory, "healthy"))
+
+
+async def test_ingest_publishes_metrics(tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory) -> None:
+    path = tmp_path / "m.mp4"
+    media.write_video(path, seconds=4, fps=10, size=(64, 48))
+    async with Ingest(encoder, memory) as ingest:
+        ingest.start_stream(spec_from_config("m", StreamConfig(url=str(path), realtime=False, fps=2)))
+        await ingest.wait()
+        text = ingest.metrics.prometheus_text()
+    m = ingest.metrics.stream("m")
+    assert m.clips == 2 and m.frames_in == 40 and m.frames_sampled == 8 and m.state == "stopped"
+    assert 'flashlive_stream_clips_total{stream="m"} 2' in text
+    assert 'flashlive_stream_state{stream="m",state="stopped"} 1' in text
+    assert "flashlive_encode_clips_total 2" in text
+
+
+def test_cli_backfill_and_config(tmp_path: Path, redis_server: RedisServer) -> None:
+    from flashlive.cli import main
+
+    path = tmp_path / "cli.mp4"
+    media.write_video(path, seconds=6, fps=10, size=(64, 48))
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    rc = main(
+        ["ingest", str(path), "--name", name, "--backfill", "--redis", redis_server.url, "--no-progress"]
+    )
+    assert rc == 0
+    cfg = tmp_path / "flashlive.yaml"
+    cfg.write_text(
+        f"streams:\n  {name}-cfg:\n    url: {path}\n    realtime: false\n    fps: 2\nmodel:\n  name: tiny\n"
+    )
+    assert main(["ingest", "--config", str(cfg), "--redis", redis_server.url, "--no-progress"]) == 0
+    assert main(["ingest", str(tmp_path / "missing.mp4"), "--backfill", "--redis", redis_server.url]) == 1
+
+    async def read() -> tuple[list[ClipInfo], list[ClipInfo]]:
+        mem = VideoMemory.from_url(redis_server.url)
+        try:
+            return await infos(mem, name), await infos(mem, f"{name}-cfg")
+        finally:
+            await mem.close()
+
+    one, two = asyncio.run(read())
+    assert [c.frames for c in one] == [4, 2]  # 6 s at 1 fps
+    assert [c.frames for c in two] == [4, 4, 4]  # 6 s at 2 fps
+
+
+class PatternTrack(VideoStreamTrack):
+    """A WebRTC camera: the moving test pattern at aiortc's 30 fps clock."""
+
+    sent = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(media.pattern(self.sent, 96, 64), format="rgb24")
+        frame.pts, frame.time_base = pts, fractions.Fraction(time_base)
+        self.sent += 1
+        return frame
+
+
+async def http(
+    method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    def call() -> tuple[int, dict[str, str], str]:
+        request = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=20) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read().decode()
+
+    return await asyncio.to_thread(call)
+
+
+async def serve(app: Any) -> AsyncIterator[str]:
+    require(importlib.util.find_spec("uvicorn"), "uvicorn is not installed")
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_whip_publisher_is_ingested_and_delete_ends_it(
+    encoder: ClipEncoder, memory: VideoMemory
+) -> None:
+    token = "whip-test-token"
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+    async with Ingest(encoder, memory) as ingest:
+        app = ingest.whip_app(token=token, streams={"phone": StreamSpec("phone", fps=2.0)})
+        async for base in serve(app):
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                pc.addTransceiver(PatternTrack(), direction="sendonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                offer = pc.localDescription.sdp.encode()
+                status, _, body = await http("POST", f"{base}/other", offer, headers)
+                assert status == 404 and "other" in body  # only configured WHIP streams
+                status, reply_headers, answer = await http("POST", f"{base}/phone", offer, headers)
+                assert status == 201, answer
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                runner = ingest.runners["phone"]
+                await runner.wait_state("live", timeout=15)
+                # garbage SDP from someone else: a clear 400, the live publisher is not disturbed
+                status, _, body = await http("POST", f"{base}/phone2", b"v=0\r\nthis is not sdp", headers)
+                assert status == 400 and "sdp" in body.lower(), body
+                status, _, body = await http("POST", f"{base}/phone", b"garbage", headers)
+                assert status == 400 and "sdp" in body.lower(), body
+                deadline = time.monotonic() + 15
+                while len(await infos(memory, "phone")) < 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                got = await infos(memory, "phone")
+                assert len(got) >= 2 and runner.state == "live"
+                assert_monotonic(got)
+                assert abs(got[0].start - time.time()) < 15  # live: wall-clock timeline
+                assert (await memory.meta("phone"))["state"] == "live"
+
+                status, _, _ = await http("DELETE", base + reply_headers["location"], headers=headers)
+                assert status == 200
+                await runner.wait_state("stopped", timeout=5)
+                assert runner.error is None
+                assert app.sessions == {} and "phone" not in ingest.compressor.queues
+                meta = await memory.meta("phone")
+                assert meta["state"] == "stopped"
+                await asyncio.wait_for(ingest.wait(["phone"]), 5)
+                assert not ingest.running("phone")
+            finally:
+                await pc.close()
+
+
+async def test_bad_stream_name_is_refused_before_starting(encoder: ClipEncoder, memory: VideoMemory) -> None:
+    async with Ingest(encoder, memory) as ingest:
+        with pytest.raises(ValueError, match="bad stream name"):
+            ingest.start_stream(StreamSpec("lobby cam@1", "rtsp://127.0.0.1:1/x"))
+        with pytest.raises(ValueError, match="neither a URL nor a source"):
+            ingest.start_stream(StreamSpec("lobby"))
+        assert ingest.runners == {}
