@@ -89,11 +89,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False) -> Tensor:
         )
         return out.transpose(1, 2)
 
-    if hkv != h:
-        rep = h // hkv
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
+    gqa = hkv != h  # SDPA reads grouped kv heads in place: no copy of the (possibly long) cache
+    if causal and tq == 1:
+        causal = False  # the newest token sees every key
     if causal and tq != tk:
         mask = _bottom_right_causal_mask(tq, tk, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)

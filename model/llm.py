@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flashlive.model.attention import attend
 from flashlive.model.config import DropoutConfig, LLMConfig
 from flashlive.model.dropout import (
     DropoutError,
@@ -59,22 +60,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal GQA attention, bottom-right aligned: query i sits at key position Tk - Tq + i.
-
-    q: [B, H, Tq, D], k/v: [B, Hkv, Tk, D] -> [B, H, Tq, D].
-    """
-    tq, tk = q.shape[2], k.shape[2]
-    if tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    if tq == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    # a chunk after a cached prefix: SDPA's is_causal would align top-left, so build the mask
-    q_pos = torch.arange(tk - tq, tk, device=q.device)[:, None]
-    mask = torch.arange(tk, device=q.device)[None, :] <= q_pos  # [Tq, Tk]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
 # --------------------------------------------------------------------------------------------- modules
@@ -114,7 +99,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # [B, Hkv, Tk, D], Tk >= T
-        o = attend(q, k, v)  # [B, H, T, D]
+        o = attend(q, k, v, causal=True)  # [B, H, T, D], bottom-right aligned after a cached prefix
         return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
