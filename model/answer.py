@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashlive.model.checkpoint import llm_key, load_strict, read_tensors
+from flashlive.model.checkpoint import llm_key
 from flashlive.model.config import DropoutConfig, FlashConfig
 from flashlive.model.generate import generate
 from flashlive.model.llm import PrefillOutput, Qwen2LM, random_init_
-from flashlive.model.pipeline import LLM_SEED_OFFSET, LoadedSpec, build_projector, resolve
+from flashlive.model.pipeline import LLM_SEED_OFFSET, LoadedSpec, build_projector, load_part, resolve
 from flashlive.model.projector import Projector
 from flashlive.model.prompt import build_prompt, tokenize_with_image
 from flashlive.model.tokenizer import load_tokenizer
@@ -166,11 +166,13 @@ def evidence_clips(out: PrefillOutput, tokens_per_clip: int, top: int = 3) -> li
 
 
 def build_llm(spec: LoadedSpec, *, progress: bool = False) -> Qwen2LM:
-    llm = Qwen2LM(spec.cfg.llm)
-    if spec.ckpt is None:
-        assert spec.cfg.seed is not None
-        random_init_(llm, spec.cfg.seed + LLM_SEED_OFFSET)
-    else:
-        tensors = read_tensors(spec.ckpt, llm_key, dtype=spec.dtype, progress=progress)
-        load_strict(llm, tensors, "LLM")
-    return llm.to(spec.device, spec.dtype).eval()
+    return load_part(
+        Qwen2LM(spec.cfg.llm),
+        spec,
+        part="LLM",
+        prefix="",
+        select=llm_key,
+        seed_offset=LLM_SEED_OFFSET,
+        init_random=random_init_,
+        progress=progress,
+    )

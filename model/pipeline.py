@@ -7,13 +7,17 @@ need only projector + LLM (tokens come from memory).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from flashlive.model.checkpoint import (
+    PROJECTOR_PREFIX,
+    TOWER_PREFIX,
     load_strict,
     preset_or_dir,
     projector_key,
@@ -29,6 +33,8 @@ from flashlive.model.projector import Projector
 from flashlive.model.vision import VisionTower
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 # Seeds for the generated weights of presets without a checkpoint; one per part, so loading the
 # tower alone gives the same tower as loading everything.
@@ -49,26 +55,51 @@ def resolve(spec: str, *, device: str = "cpu", dtype: str = "auto", download: bo
     return LoadedSpec(cfg, ckpt, device, resolve_dtype(dtype, device))
 
 
-def build_tower(spec: LoadedSpec, *, progress: bool = False) -> VisionTower:
-    tower = VisionTower(spec.cfg.vision)
+def load_part(
+    module: M,
+    spec: LoadedSpec,
+    *,
+    part: str,
+    prefix: str,
+    select: Callable[[str], str | None],
+    seed_offset: int,
+    init_random: Callable[[M, int], object],
+    progress: bool = False,
+) -> M:
+    """Fill `module` from the checkpoint (keys under `prefix`) or, for seeded presets, from its seed."""
     if spec.ckpt is None:
         assert spec.cfg.seed is not None
-        tower.init_random(spec.cfg.seed + TOWER_SEED_OFFSET)
+        init_random(module, spec.cfg.seed + seed_offset)
     else:
-        tensors = read_tensors(spec.ckpt, tower_key, dtype=spec.dtype, progress=progress)
-        load_strict(tower, tensors, "vision tower", prefix="model.vision_tower.vision_tower.")
-    return tower.to(spec.device, spec.dtype).eval()
+        tensors = read_tensors(spec.ckpt, select, dtype=spec.dtype, progress=progress)
+        load_strict(module, tensors, part, prefix=prefix)
+    return module.to(spec.device, spec.dtype).eval()
+
+
+def build_tower(spec: LoadedSpec, *, progress: bool = False) -> VisionTower:
+    return load_part(
+        VisionTower(spec.cfg.vision),
+        spec,
+        part="vision tower",
+        prefix=TOWER_PREFIX,
+        select=tower_key,
+        seed_offset=TOWER_SEED_OFFSET,
+        init_random=VisionTower.init_random,
+        progress=progress,
+    )
 
 
 def build_projector(spec: LoadedSpec, *, progress: bool = False) -> Projector:
-    projector = Projector(spec.cfg.vision.width, spec.cfg.llm.hidden_size)
-    if spec.ckpt is None:
-        assert spec.cfg.seed is not None
-        projector.init_random(spec.cfg.seed + PROJECTOR_SEED_OFFSET)
-    else:
-        tensors = read_tensors(spec.ckpt, projector_key, dtype=spec.dtype, progress=progress)
-        load_strict(projector, tensors, "projector", prefix="model.mm_projector.")
-    return projector.to(spec.device, spec.dtype).eval()
+    return load_part(
+        Projector(spec.cfg.vision.width, spec.cfg.llm.hidden_size),
+        spec,
+        part="projector",
+        prefix=PROJECTOR_PREFIX,
+        select=projector_key,
+        seed_offset=PROJECTOR_SEED_OFFSET,
+        init_random=Projector.init_random,
+        progress=progress,
+    )
 
 
 class TowerEncoder:

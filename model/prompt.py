@@ -6,9 +6,14 @@ separately (as the release's `tokenizer_image_token` does) and the visual embedd
 
 from __future__ import annotations
 
+import re
+
 from transformers import PreTrainedTokenizerFast
 
 IMAGE_PLACEHOLDER = "<image>"
+# Qwen2's control tokens look like <|name|>; typed into a question they would be tokenized as the real
+# tokens and could end the user turn early, so questions may not contain them.
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
@@ -33,6 +38,9 @@ def build_prompt(question: str, duration_s: float, num_frames: int, system: str 
         raise PromptError("the question is empty")
     if IMAGE_PLACEHOLDER in question or IMAGE_PLACEHOLDER in system:
         raise PromptError(f"the question must not contain the video placeholder {IMAGE_PLACEHOLDER!r}")
+    control = CONTROL_TOKEN.search(question)
+    if control:
+        raise PromptError(f"the question must not contain the control token {control.group()!r}")
     user = f"{IMAGE_PLACEHOLDER}\n{time_message(duration_s, num_frames)} {question}"
     return (
         f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

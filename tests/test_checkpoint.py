@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flashlive.model.answer import build_llm
 from flashlive.model.checkpoint import (
     INDEX_FILE,
     CheckpointError,
@@ -63,7 +64,12 @@ def test_loads_strictly_and_reproduces_weights(tiny_ckpt: Path) -> None:
     tower, projector = build_tower(spec), build_projector(spec)
     want_tower = VisionTower(TINY.vision).init_random(11)
     want_proj = Projector(TINY.vision.width, TINY.llm.hidden_size).init_random(12)
-    for got, want in ((tower, want_tower), (projector, want_proj)):
+    llm = build_llm(spec)
+    torch.manual_seed(13)
+    want_llm = Qwen2LM(TINY.llm)
+    assert "lm_head.weight" not in json.loads((tiny_ckpt / INDEX_FILE).read_text())["weight_map"]  # tied
+    assert torch.equal(llm.lm_head.weight, llm.model.embed_tokens.weight)
+    for got, want in ((tower, want_tower), (projector, want_proj), (llm, want_llm)):
         for key, value in want.state_dict().items():
             assert torch.equal(got.state_dict()[key], value), key
 

@@ -6,23 +6,17 @@ Each test keeps the video short (seconds); the real tiny encoder costs ~15 ms a 
 from __future__ import annotations
 
 import asyncio
-import fractions
-import importlib.util
 import itertools
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import av
 import media
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from conftest import require
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from http_helpers import PatternTrack, http, serve
 from rtsp_fixture import RtspServer, free_port, rtsp_server  # noqa: F401
 
 from flashlive.config import StreamConfig
@@ -227,53 +221,6 @@ def test_cli_backfill_and_config(tmp_path: Path, redis_server: RedisServer) -> N
     assert [c.frames for c in two] == [4, 4, 4]  # 6 s at 2 fps
 
 
-class PatternTrack(VideoStreamTrack):
-    """A WebRTC camera: the moving test pattern at aiortc's 30 fps clock."""
-
-    sent = 0
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame.from_ndarray(media.pattern(self.sent, 96, 64), format="rgb24")
-        frame.pts, frame.time_base = pts, fractions.Fraction(time_base)
-        self.sent += 1
-        return frame
-
-
-async def http(
-    method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], str]:
-    def call() -> tuple[int, dict[str, str], str]:
-        request = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=20) as resp:
-                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read().decode()
-
-    return await asyncio.to_thread(call)
-
-
-async def serve(app: Any) -> AsyncIterator[str]:
-    require(importlib.util.find_spec("uvicorn"), "uvicorn is not installed")
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_whip_publisher_is_ingested_and_delete_ends_it(
     encoder: ClipEncoder, memory: VideoMemory
 ) -> None:
@@ -281,7 +228,7 @@ async def test_whip_publisher_is_ingested_and_delete_ends_it(
     headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
     async with Ingest(encoder, memory) as ingest:
         app = ingest.whip_app(token=token, streams={"phone": StreamSpec("phone", fps=2.0)})
-        async for base in serve(app):
+        async for base in serve(app, lifespan="off"):
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             try:
                 pc.addTransceiver(PatternTrack(), direction="sendonly")

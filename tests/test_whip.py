@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
-import importlib.util
 import itertools
-import socket
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import av
-import media
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from conftest import require
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from http_helpers import PatternTrack, Reply, http, serve
 
 from flashlive.stream.sources import open_source
 from flashlive.stream.sources.whip import WhipApp, WhipRejected, WhipSource, WhipStreamSource
@@ -25,74 +18,11 @@ from flashlive.stream.types import SourceFrame, SourceUnavailable
 TOKEN = "t0ps3cret-token"
 
 
-class PatternTrack(VideoStreamTrack):
-    """A publisher's camera: the moving test pattern at aiortc's default 30 fps clock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = 0
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame.from_ndarray(media.pattern(self.sent, 96, 64), format="rgb24")
-        frame.pts, frame.time_base = pts, fractions.Fraction(time_base)
-        self.sent += 1
-        return frame
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: str
-
-
-async def http(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Reply:
-    """A real HTTP request (urllib in a thread, so the event loop keeps serving)."""
-
-    def call() -> Reply:
-        request = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=20) as resp:
-                return Reply(
-                    resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
-                )
-        except urllib.error.HTTPError as err:
-            return Reply(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read().decode())
-
-    return await asyncio.to_thread(call)
-
-
 @dataclass
 class Server:
     base: str
     app: WhipApp
     sessions: asyncio.Queue[tuple[str, WhipSource]] = field(default_factory=asyncio.Queue)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def serve(app: WhipApp) -> AsyncIterator[str]:
-    require(importlib.util.find_spec("uvicorn"), "uvicorn is not installed (pip install uvicorn)")
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture
