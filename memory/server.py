@@ -279,25 +279,26 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start (or restart after stop/kill) and wait until it answers PING with its data loaded."""
         self._spawn()
-        deadline = time.monotonic() + self.start_timeout
-        while not self._check_ready():
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RedisServerError(f"redis-server did not answer within {self.start_timeout:.0f} s")
+        for _ in self._until_ready():
             time.sleep(0.02)
         self._ready()
         return self
 
     async def astart(self) -> RedisServer:
         self._spawn()
+        for _ in self._until_ready():
+            await asyncio.sleep(0.02)
+        self._ready()
+        return self
+
+    def _until_ready(self) -> Iterator[None]:
+        """Yield while the spawned server is not ready yet; the caller sleeps its own way in between."""
         deadline = time.monotonic() + self.start_timeout
         while not self._check_ready():
             if time.monotonic() > deadline:
                 self.kill()
                 raise RedisServerError(f"redis-server did not answer within {self.start_timeout:.0f} s")
-            await asyncio.sleep(0.02)
-        self._ready()
-        return self
+            yield
 
     def stop(self, timeout: float = 10.0, *, release: bool = True) -> None:
         """SHUTDOWN (Redis writes and syncs the AOF), wait; SIGTERM, then SIGKILL on timeout.
