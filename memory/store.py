@@ -121,6 +121,12 @@ def make_client(url: str, **kwargs: Any) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=False, **options)
 
 
+def check_encoder_id(encoder_id: object) -> None:
+    """Token reads must name the encoder that will use them, so the guard can refuse a mismatch."""
+    if not isinstance(encoder_id, str) or not encoder_id:
+        raise InvalidRequestError("encoder_id is required to read tokens (the encoder that will use them)")
+
+
 class VideoMemory:
     """Async access to the memory. Build it with `VideoMemory(client)` or `VideoMemory.from_url(url)`."""
 
@@ -442,10 +448,7 @@ class VideoMemory:
         """
         if budget is not None:
             budget = check_budget(budget)
-        if not isinstance(encoder_id, str) or not encoder_id:
-            raise InvalidRequestError(
-                "encoder_id is required to read tokens (the encoder that will use them)"
-            )
+        check_encoder_id(encoder_id)
         keys, start, end = await self._resolve(stream, start, end, last, encoder_id)
         if budget is None:
             entries = await self._entries(keys, start, end)
@@ -512,10 +515,7 @@ class VideoMemory:
 
         Clips appended during the replay are included if they start before `end`.
         """
-        if not isinstance(encoder_id, str) or not encoder_id:
-            raise InvalidRequestError(
-                "encoder_id is required to read tokens (the encoder that will use them)"
-            )
+        check_encoder_id(encoder_id)
         async for entries, keys in self._batches(stream, start, end, batch, thumbnails=False):
             for clip in await self._with_tokens(keys, entries, encoder_id, thumbnails, strict):
                 yield clip

@@ -59,3 +59,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
     if pid is not None:
         assert not Path(f"/proc/{pid}").exists(), f"redis-server pid {pid} outlived the test session"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `cuda` need a GPU. CI machines never have one, so there they skip; on a GPU machine
+    set FLASHLIVE_REQUIRE_CUDA=1 so that a broken CUDA install fails them instead of hiding."""
+    if "cuda" not in item.keywords:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get("FLASHLIVE_REQUIRE_CUDA"):
+        pytest.fail("FLASHLIVE_REQUIRE_CUDA is set but torch sees no CUDA device")
+    pytest.skip("needs a CUDA device (none here; CI has none by design)")

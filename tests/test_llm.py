@@ -168,7 +168,6 @@ def test_bad_visual_span_is_rejected(pair: tuple[Qwen2LM, Qwen2ForCausalLM]) -> 
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_half_precision_tracks_fp32(pair: tuple[Qwen2LM, Qwen2ForCausalLM], dtype: torch.dtype) -> None:
     lm, _ = pair
