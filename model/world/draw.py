@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from .palette import CARD_INK, CARD_PAPER, COLOURS
+from .palette import CARD_INK, CARD_PAPER, COLOURS, second_tone
 from .script import Background
 
 K = TypeVar("K")
@@ -107,13 +107,6 @@ def shape_alpha(shape: str, diameter: int, rotation: float = 0.0) -> np.ndarray:
     return inside.reshape(d, s, d, s).mean(axis=(1, 3))
 
 
-def _alt_tone(rgb: np.ndarray) -> np.ndarray:
-    """The second tone of a texture: darker, or lighter for very dark colours. Same hue."""
-    if rgb.max() < 80:
-        return rgb + (255 - rgb) * 0.22
-    return rgb * 0.72
-
-
 def texture_rgb(texture: str, rgb: tuple[int, int, int], d: int) -> np.ndarray:
     """[d, d, 3] float32 colours of a textured object (the alpha mask cuts the shape out)."""
     base = np.asarray(rgb, dtype=np.float32)
@@ -122,7 +115,7 @@ def texture_rgb(texture: str, rgb: tuple[int, int, int], d: int) -> np.ndarray:
         return out
     yy, xx = np.mgrid[0:d, 0:d].astype(np.float32)
     cell = max(3.0, d / 5)
-    alt = _alt_tone(base)
+    alt = second_tone(base)
     if texture == "stripes":
         mask = ((xx + yy) / cell) % 2 < 1
     elif texture == "checks":
@@ -130,10 +123,10 @@ def texture_rgb(texture: str, rgb: tuple[int, int, int], d: int) -> np.ndarray:
     elif texture == "dots":
         cy, cx = (yy % cell) - cell / 2, (xx % cell) - cell / 2
         mask = cy * cy + cx * cx < (cell * 0.28) ** 2
-    else:  # shaded: a soft highlight towards the top left
+    else:  # shaded: the base colour at a highlight towards the top left, the second tone far from it
         r = np.hypot(xx - d * 0.35, yy - d * 0.35) / d
-        k = np.clip(1.18 - 0.55 * r, 0.75, 1.18)[..., None]
-        return np.clip(out * k, 0, 255)
+        w = np.clip(r * 1.3, 0.0, 1.0)[..., None]
+        return out + (alt - out) * w
     out[mask] = alt
     return out
 

@@ -20,6 +20,7 @@ from .palette import (
     BACKGROUND_LEVELS,
     BACKGROUND_TINT,
     COLOUR_NAMES,
+    SHADE,
     SHAPES,
     SIZES,
     TEXTURES,
@@ -162,8 +163,9 @@ class _Planner:
         radius = float(rng.uniform(lo, hi))
         colour, shape = self._pick_pair(shape)
         x, y = self._place(radius)
-        rotation = 0.0 if shape == "circle" else float(rng.uniform(-10, 10))
-        shade = tuple(int(v) for v in rng.integers(-18, 19, size=3))
+        # whole degrees (sprites are cached per rotation), small: a square never reads as a diamond
+        rotation = 0.0 if shape == "circle" else float(rng.integers(-10, 11))
+        shade = tuple(int(v) for v in rng.integers(-SHADE, SHADE + 1, size=3))
         obj = _Live(
             script_id=self.next_id,
             shape=shape,

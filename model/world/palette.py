@@ -23,6 +23,20 @@ COLOURS: dict[str, RGB] = {
     "black": (25, 25, 25),
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+# The second tone of a textured object: towards black (< 0) or white (> 0) by this fraction, chosen
+# per colour so that the tone is still nearest its own name by >= 40 RGB units (orange sits between
+# red and yellow and can only darken a little).
+SECOND_TONE: dict[str, float] = {
+    "red": -0.22,
+    "orange": -0.15,
+    "yellow": 0.22,
+    "green": -0.22,
+    "blue": -0.22,
+    "purple": 0.22,
+    "white": -0.15,
+    "black": 0.15,
+}
+SHADE = 12  # max per-channel offset of an object's colour from its palette colour
 
 # Haystack shapes. Needle-only shapes never appear in ordinary scenes, so a star or a heart is
 # distinctive by itself (as a needle image is in the paper's haystacks).
@@ -64,5 +78,7 @@ def nearest_colour(rgb: np.ndarray | tuple[float, float, float]) -> str:
     return COLOUR_NAMES[int(d.argmin())]
 
 
-def is_glyph_digit(glyph: str) -> bool:
-    return glyph in DIGITS
+def second_tone(rgb: np.ndarray) -> np.ndarray:
+    """The texture tone that goes with `rgb` (float RGB): same name, lighter or darker."""
+    k = SECOND_TONE[nearest_colour(rgb)]
+    return rgb + (255.0 - rgb) * k if k > 0 else rgb * (1.0 + k)

@@ -31,7 +31,8 @@ def reflect(p: float, lo: float, hi: float) -> float:
 
 @dataclass(frozen=True)
 class Motion:
-    """Linear motion from (x0, y0) at time t0; `bouncing` reflects off [margin, 1 - margin]."""
+    """Linear motion from (x0, y0) at time t0. `bouncing` reflects off the walls of `box` (x0, y0,
+    x1, y1), by default [margin, 1 - margin] on both axes."""
 
     kind: str
     x0: float
@@ -40,28 +41,34 @@ class Motion:
     vy: float = 0.0
     t0: float = 0.0
     margin: float = 0.0
+    box: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MOTIONS:
             raise ScriptError(f"unknown motion {self.kind!r}; expected one of {MOTIONS}")
 
+    def walls(self) -> tuple[float, float, float, float]:
+        if self.box is not None:
+            return self.box
+        return self.margin, self.margin, 1.0 - self.margin, 1.0 - self.margin
+
     def at(self, t: float) -> tuple[float, float]:
         dt = t - self.t0
         x, y = self.x0 + self.vx * dt, self.y0 + self.vy * dt
         if self.kind == "bouncing":
-            lo, hi = self.margin, 1.0 - self.margin
-            x, y = reflect(x, lo, hi), reflect(y, lo, hi)
+            x0, y0, x1, y1 = self.walls()
+            x, y = reflect(x, x0, x1), reflect(y, y0, y1)
         return x, y
 
     def velocity_at(self, t: float) -> tuple[float, float]:
         """Velocity (normalised units per second), with the sign flips of any bounces so far."""
         if self.kind != "bouncing":
             return self.vx, self.vy
-        lo, hi = self.margin, 1.0 - self.margin
+        x0, y0, x1, y1 = self.walls()
         dt = t - self.t0
         return (
-            _bounced_velocity(self.x0 + self.vx * dt, self.vx, lo, hi),
-            _bounced_velocity(self.y0 + self.vy * dt, self.vy, lo, hi),
+            _bounced_velocity(self.x0 + self.vx * dt, self.vx, x0, x1),
+            _bounced_velocity(self.y0 + self.vy * dt, self.vy, y0, y1),
         )
 
 
