@@ -1,11 +1,13 @@
 """Camera and codec effects on rendered frames: sensor noise, lens blur, JPEG and H.264 round trips.
 
-All deterministic: noise comes from one field per world, read at a per-frame offset, so frame k of a
-world always gets the same grain (and costs one add, not a fresh draw of H x W x 3 normals).
+All deterministic: noise comes from one shared field per (frame size, noise level), read at an offset
+drawn from (world seed, frame time), so a frame always gets the same grain and costs one add, not a
+fresh draw of H x W x 3 normals (a new world per short training video would pay that every time).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from fractions import Fraction
@@ -15,6 +17,7 @@ import numpy as np
 from .style import Style
 
 NOISE_MARGIN = 64  # the noise field is this much larger than a frame; offsets move within it
+NOISE_SIDE = 832  # covers every Style.random size (long side <= 712) with one field per noise level
 
 
 class Effects:
@@ -23,7 +26,6 @@ class Effects:
     def __init__(self, style: Style, seed: int) -> None:
         self.style = style
         self._seed = seed
-        self._noise: np.ndarray | None = None
 
     def apply(self, frame: np.ndarray, key: int, *, codec: bool = True) -> np.ndarray:
         """Noise, blur and (for the "jpeg" codec, with `codec`) a JPEG round trip; `key` picks the
@@ -39,19 +41,22 @@ class Effects:
 
     def _add_noise(self, frame: np.ndarray, key: int) -> np.ndarray:
         h, w = frame.shape[:2]
-        if (
-            self._noise is None
-            or self._noise.shape[0] < h + NOISE_MARGIN
-            or self._noise.shape[1] < w + NOISE_MARGIN
-        ):
-            rng = np.random.default_rng([self._seed & 0xFFFFFFFF, 0x0153])
-            field = rng.normal(0.0, self.style.noise, size=(h + NOISE_MARGIN, w + NOISE_MARGIN, 3))
-            self._noise = np.round(field).astype(np.int16)
-        mix = (key * 2654435761) & 0xFFFFFFFF
+        field = noise_field(max(h, w, NOISE_SIDE), self.style.noise)
+        mix = ((key ^ (self._seed * 0x9E3779B1)) * 2654435761) & 0xFFFFFFFF
         dy, dx = mix % NOISE_MARGIN, (mix >> 8) % NOISE_MARGIN
         out = frame.astype(np.int16)
-        out += self._noise[dy : dy + h, dx : dx + w]
+        out += field[dy : dy + h, dx : dx + w]
         return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def noise_field(side: int, std: float) -> np.ndarray:
+    """Gaussian grain (int16), NOISE_MARGIN larger than `side` each way; shared, never written."""
+    rng = np.random.default_rng(0x0153)
+    field = rng.normal(0.0, std, size=(side + NOISE_MARGIN, side + NOISE_MARGIN, 3))
+    out = np.round(field).astype(np.int16)
+    out.flags.writeable = False
+    return out
 
 
 def blur121(frame: np.ndarray) -> np.ndarray:
