@@ -31,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @cache
 def normalisation_table() -> Tensor:
-    """[3, 256] float32: the normalised value of every uint8 level, per channel, as the release computes it."""
+    """[3, 256] float32: each uint8 level normalised per channel, computed as the release computes it."""
     levels = np.arange(256, dtype=np.uint8)
     scaled = (levels.astype(np.float64) * (1 / 255)).astype(np.float32)  # transformers' rescale
     mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None]
