@@ -86,17 +86,19 @@ def preprocess_clips(frames: np.ndarray | Tensor, image_size: int) -> Tensor:
     """
     _check(frames, image_size)
     n, nt, h, w, _ = frames.shape
-    on_gpu = isinstance(frames, Tensor) and frames.device.type != "cpu"
-    if on_gpu:
-        assert isinstance(frames, Tensor)
+    if isinstance(frames, Tensor) and frames.device.type != "cpu":
         flat = frames.reshape(n * nt, h, w, 3).permute(0, 3, 1, 2)  # [F, 3, H, W]
-        resized = resize_frames_torch(flat, image_size)  # [F, 3, S, S]
-    else:
-        array = frames.numpy() if isinstance(frames, Tensor) else frames
-        resized_hwc = resize_frames_pil(array.reshape(n * nt, h, w, 3), image_size)  # [F, S, S, 3]
-        resized = torch.from_numpy(resized_hwc).permute(0, 3, 1, 2)  # [F, 3, S, S]
-    table = normalisation_table().to(resized.device)
-    channel = torch.arange(3, device=resized.device).view(1, 3, 1, 1)
-    pixels = table[channel, resized.long()]  # [F, 3, S, S] float32
-    # [N*T, 3, S, S] -> [N, 3, T, S, S]
-    return pixels.reshape(n, nt, 3, image_size, image_size).permute(0, 2, 1, 3, 4).contiguous()
+        resized = resize_frames_torch(flat, image_size).reshape(n, nt, 3, image_size, image_size)
+        table = normalisation_table().to(resized.device)
+        out = torch.empty((n, 3, nt, image_size, image_size), dtype=torch.float32, device=resized.device)
+        for c in range(3):
+            out[:, c] = table[c][resized[:, :, c].long()]
+        return out
+    array = frames.numpy() if isinstance(frames, Tensor) else frames
+    hwc = resize_frames_pil(array.reshape(n * nt, h, w, 3), image_size)  # [F, S, S, 3]
+    hwc = hwc.reshape(n, nt, image_size, image_size, 3)
+    table_np = normalisation_table().numpy()
+    pixels = np.empty((n, 3, nt, image_size, image_size), dtype=np.float32)
+    for c in range(3):  # a table look-up per channel, straight into [N, 3, T, S, S]
+        np.take(table_np[c], hwc[..., c], out=pixels[:, c])
+    return torch.from_numpy(pixels)
