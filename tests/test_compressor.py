@@ -237,7 +237,7 @@ async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> 
 async def test_register_checks_its_arguments() -> None:
     comp = Compressor(ColourEncoder(), ListMemory())
     with pytest.raises(ValueError, match="policy"):
-        comp.register("x", policy="drop-everything")
+        comp.register("x", policy="drop-everything")  # type: ignore[arg-type]
     comp.register("x")
     with pytest.raises(ValueError, match="already registered"):
         comp.register("x")

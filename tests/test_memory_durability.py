@@ -6,6 +6,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ async def actual_bytes(memory: VideoMemory, stream: str) -> int:
     """Bytes really held, summed from the stored values (not from the memory's counter): the token and
     thumbnail hashes plus the token tails the stream entries carry."""
     keys = memory.keys(stream)
-    total = sum(len(fields.get(b"tt", b"")) for _, fields in await memory.client.xrange(keys.clips))
+    entries: Any = await memory.client.xrange(keys.clips)
+    total = sum(len(fields.get(b"tt", b"")) for _, fields in entries)
     for key in (keys.tokens, keys.thumbs):
         for value in (await memory.client.hgetall(key)).values():
             total += len(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,8 +183,8 @@ async def test_encoder_guard(memory: VideoMemory) -> None:
         await memory.read_window("cam", encoder_id=ENC)
 
 
-async def _fields(memory: VideoMemory, keys: StreamKeys) -> dict[bytes, bytes]:
-    entries = await memory.client.xrange(keys.clips, "-", "+", count=1)
+async def _fields(memory: VideoMemory, keys: StreamKeys) -> dict[Any, Any]:
+    entries: Any = await memory.client.xrange(keys.clips, "-", "+", count=1)
     fields = dict(entries[0][1])
     fields.pop(b"enc")
     return fields
@@ -208,7 +209,8 @@ async def test_bad_requests_leave_everything_untouched(memory: VideoMemory) -> N
         await memory.read_window("good", encoder_id=ENC, start=1000.0, end=2000.0)
     with pytest.raises(RangeOutsideMemoryError):
         [c async for c in memory.replay_info("good", 500.0, 600.0)]
-    for budget in (-1, 0, MAX_BUDGET + 1, 10**12, 2.5, True):
+    bad_budgets: list[Any] = [-1, 0, MAX_BUDGET + 1, 10**12, 2.5, True]
+    for budget in bad_budgets:
         with pytest.raises(InvalidRequestError, match="budget"):
             await memory.read_window("good", encoder_id=ENC, budget=budget)
     for kwargs in ({"last": -5.0}, {"start": float("nan")}, {"last": 10.0, "start": 1.0}, {"end": "soon"}):
@@ -216,7 +218,8 @@ async def test_bad_requests_leave_everything_untouched(memory: VideoMemory) -> N
             await memory.read_window("good", encoder_id=ENC, **kwargs)
     with pytest.raises(InvalidRequestError, match="encoder_id"):
         await memory.read_window("good", encoder_id="")
-    for name in ("", "a b", "x{y}", "a:b", "-x", "n" * 200, None):
+    bad_names: list[Any] = ["", "a b", "x{y}", "a:b", "-x", "n" * 200, None]
+    for name in bad_names:
         with pytest.raises(InvalidRequestError, match="stream name"):
             await memory.read_window(name, encoder_id=ENC)
     bad_clips = [
