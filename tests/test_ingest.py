@@ -19,13 +19,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from http_helpers import PatternTrack, http, serve
 from rtsp_fixture import RtspServer, free_port, rtsp_server  # noqa: F401
 
+from flashlive.app.ingest import spec_from_config
 from flashlive.config import StreamConfig
 from flashlive.memory.errors import RangeOutsideMemoryError, UnknownStreamError
 from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import ClipInfo
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
-from flashlive.stream.ingest import Ingest, spec_from_config
+from flashlive.stream.ingest import Ingest
 from flashlive.stream.lifecycle import StreamSpec
 
 
