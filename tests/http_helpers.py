@@ -13,8 +13,7 @@ from typing import Any, Literal, NamedTuple
 import av
 import media
 from aiortc import VideoStreamTrack
-from conftest import require
-from rtsp_fixture import free_port
+from helpers import free_port, require
 
 
 class PatternTrack(VideoStreamTrack):

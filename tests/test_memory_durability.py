@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -39,13 +38,6 @@ async def actual_bytes(memory: VideoMemory, stream: str) -> int:
     return total
 
 
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"d{uuid.uuid4().hex[:8]}", retry_initial=0.02)
-    yield mem
-    await mem.close()
-
-
 async def test_time_window_keeps_exactly_the_window(redis_server: RedisServer) -> None:
     mem = VideoMemory.from_url(
         redis_server.url, prefix=f"r{uuid.uuid4().hex[:8]}", retention=Retention(600.0, 0)
@@ -65,6 +57,7 @@ async def test_time_window_keeps_exactly_the_window(redis_server: RedisServer) -
         await mem.close()
 
 
+@pytest.mark.slow
 async def test_byte_cap_under_concurrent_appenders(redis_server: RedisServer) -> None:
     """Two writers (own connections) append to four streams at once; caps hold after every append."""
     prefix = f"r{uuid.uuid4().hex[:8]}"

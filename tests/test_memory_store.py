@@ -39,13 +39,6 @@ def index_of(clip: Clip) -> int:
     return round(clip.start / CLIP_S)
 
 
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield mem
-    await mem.close()
-
-
 @pytest.fixture(scope="module")
 def ten_thousand(redis_server: RedisServer) -> str:
     """A prefix holding stream 'cam' with 10,000 clips (appended once for the module)."""
@@ -70,6 +63,7 @@ async def big(redis_server: RedisServer, ten_thousand: str) -> AsyncIterator[Vid
     await mem.close()
 
 
+@pytest.mark.slow
 async def test_ten_thousand_clips_windows_and_replay(big: VideoMemory) -> None:
     stats = await big.stats("cam")
     assert (stats.clips, stats.first_start, stats.last_end) == (10_000, 0.0, 40_000.0)
@@ -101,6 +95,7 @@ async def test_ten_thousand_clips_windows_and_replay(big: VideoMemory) -> None:
     assert [c.start for c in listed] == [39_992.0, 39_996.0]
 
 
+@pytest.mark.slow
 async def test_budget_is_uniform_deterministic_and_spans(big: VideoMemory) -> None:
     first = await big.read_window("cam", encoder_id=ENC, start=4000.0, end=20_000.0, budget=128)
     again = await big.read_window("cam", encoder_id=ENC, start=4000.0, end=20_000.0, budget=128)
