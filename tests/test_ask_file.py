@@ -74,6 +74,7 @@ def test_avi_is_timed_by_its_stream_duration(tmp_path: Path) -> None:
     assert len(sampled.indices) == 24  # the minimum drops to whole steps of 25 frames
 
 
+@pytest.mark.slow
 def test_ask_file_json_reports_answer_tokens_and_timings(video: Path) -> None:
     proc = run("ask-file", str(video), "What moves in the video?", "--json", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +88,7 @@ def test_ask_file_json_reports_answer_tokens_and_timings(video: Path) -> None:
     assert set(report["timings"]) >= {"decode", "encode", "prefill", "decode_tokens"}
 
 
+@pytest.mark.slow
 def test_ask_file_dropout_keeps_the_asked_share(video: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--dropout", "uniform0_attention", "--dropout-layers", "1,3", "--dropout-ratios", "1,0.75,0.25"]
     assert main(["ask-file", str(video), "What moves?", "--json", "--max-new-tokens", "2", *args]) == 0
@@ -95,6 +97,7 @@ def test_ask_file_dropout_keeps_the_asked_share(video: Path, capsys: pytest.Capt
     assert report["dropout"]["mode"] == "uniform0_attention"
 
 
+@pytest.mark.slow
 def test_ask_file_streams_text_without_json(video: Path) -> None:
     args = ["--max-frames", "4", "--min-frames", "4", "--frame-step", "4"]
     proc = run("ask-file", str(video), "Describe it.", "--max-new-tokens", "3", *args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,7 +117,8 @@ def test_release_state_dict_keys_and_shapes() -> None:
     assert sd["encoder.blocks.0.attn.q_bias"].shape == (1024,)
     assert sd["encoder.blocks.0.mlp.fc1.weight"].shape == (4096, 1024)
     assert sd["encoder.blocks.0.mlp.fc2.weight"].shape == (1024, 4096)
-    assert tower.encoder.blocks[0].norm1.eps == 1e-6
+    first: Any = tower.encoder.blocks[0]
+    assert first.norm1.eps == 1e-6
     assert tower.encoder.vision_layernorm.eps == 1e-12
 
 

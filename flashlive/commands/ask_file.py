@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from flashlive.cli import CommandError
+from flashlive.errors import CommandError
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
