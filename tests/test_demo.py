@@ -43,7 +43,7 @@ def test_each_segment_has_one_ball_colour_and_square_count() -> None:
     assert [s.ball for s in segments] == ["red", "green", "blue", "yellow"]
     assert [s.squares for s in segments] == [1, 2, 3, 4]
     for seg in segments:
-        for frame in world.frames(2.0, seg.start, round(2 * (seg.end - seg.start))):
+        for frame in world.frames(1.0, seg.start, round(seg.end - seg.start)):
             assert frame.image is not None
             ball = frame.truth.object(0)
             assert ball is not None and ball.colour == seg.ball and ball.occlusion == 0

@@ -178,9 +178,9 @@ def check(qa: QA, video: VideoTruth) -> None:
     elif qa.kind in ("needle", "needle_open"):
         shown = {nt.index: nt.needle for f in frames for nt in f.needles}
         assert len(shown) == 1, qa
-        (n,) = shown.values()
+        (needle,) = shown.values()
         value = qa.options["ABCD".index(a)] if qa.kind == "needle" else a
-        assert value.lower() in {str(n.glyph).lower(), str(n.colour), str(n.shape)}, (qa, n)
+        assert value.lower() in {str(needle.glyph).lower(), str(needle.colour), str(needle.shape)}, qa
         if qa.kind == "needle":
             assert q.startswith("Find the frame of") or "Answer with the option's letter" in q
             assert len(set(qa.options)) == 4
@@ -281,6 +281,7 @@ def test_no_question_about_a_needle_clip_state() -> None:
             assert not any(video.frames[k].needles for k in range(lo, hi + 1)), qa
 
 
+@pytest.mark.slow  # builds the Qwen2 tokenizer (~5 s) unless another test already did
 def test_the_vocabulary_covers_every_generated_text(items: list[tuple[VideoTruth, QA]]) -> None:
     tok = load_tokenizer()
     ids = vocabulary_token_ids(tok)
