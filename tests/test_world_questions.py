@@ -209,7 +209,7 @@ def corpus() -> Iterator[tuple[VideoTruth, QA]]:
     for seed in range(60):
         world = World(seed, config=busy if seed % 2 else WorldConfig())
         video = world.video(start=4.0 * (seed % 3), num_frames=4 * (1 + seed % 8))
-        for qa in ask(video, np.random.default_rng(seed), backgrounds=world.background_word):
+        for qa in ask(video, np.random.default_rng(seed)):
             yield video, qa
     for seed, (hops, kind) in enumerate([(1, "card"), (1, "object"), (2, "card"), (3, "card")] * 3):
         item = make_niah(seed, frames=120, depth=seed / 11, hops=hops, kind=kind)
@@ -266,8 +266,8 @@ def test_the_checker_catches_wrong_answers(items: list[tuple[VideoTruth, QA]]) -
 def test_questions_are_deterministic() -> None:
     world = World(12, config=WorldConfig(event_rate=0.8))
     video = world.video(0, 32)
-    a = ask(video, np.random.default_rng(3), backgrounds=world.background_word)
-    b = ask(world.video(0, 32), np.random.default_rng(3), backgrounds=world.background_word)
+    a = ask(video, np.random.default_rng(3))
+    b = ask(world.video(0, 32), np.random.default_rng(3))
     assert a == b
 
 

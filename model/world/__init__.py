@@ -5,7 +5,7 @@ Used by training, evaluation (needle in a haystack), the quick-start demo and te
     from flashlive.model.world import World, Style, ask
     world = World(seed=7, style=Style.random(7))
     frames = [f.image for f in world.frames(fps=1.0, count=16)]       # [H, W, 3] uint8 each
-    qas = ask(world.video(0, 16), np.random.default_rng(0), backgrounds=world.background_word)
+    qas = ask(world.video(0, 16), np.random.default_rng(0))
 """
 
 from .generate import WorldConfig

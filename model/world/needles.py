@@ -10,7 +10,9 @@ answers the question; from 3 hops on, a decoy chain starts elsewhere too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,15 +36,11 @@ class NiahItem:
         return self.world.video(0.0, self.num_frames, self.fps)
 
 
-def _card_box(rng: np.random.Generator) -> dict[str, float]:
-    """Size and centre of a card that stays inside the frame at any aspect ratio."""
+def _card_box(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Size and centre (size, x, y) of a card that stays inside the frame at any aspect ratio."""
     size = float(rng.uniform(0.5, 0.75))
     half_w, half_h = size * CARD_ASPECT / 2 + 0.02, size / 2 + 0.02
-    return {
-        "size": size,
-        "x": float(rng.uniform(half_w, 1 - half_w)),
-        "y": float(rng.uniform(half_h, 1 - half_h)),
-    }
+    return size, float(rng.uniform(half_w, 1 - half_w)), float(rng.uniform(half_h, 1 - half_h))
 
 
 def needle_clips(rng: np.random.Generator, clips: int, depth: float, count: int) -> list[int]:
@@ -83,8 +81,10 @@ def make_niah(
     clips = frames // CLIP_FRAMES
     clip_s = CLIP_FRAMES / fps
 
-    def at(clip: int, **kw: object) -> Needle:
-        return Needle(clip * clip_s, (clip + 1) * clip_s, **_card_box(rng), **kw)  # type: ignore[arg-type]
+    def at(clip: int, **fields: Any) -> Needle:
+        """A needle held through clip `clip`, with a random card size and place."""
+        size, x, y = _card_box(rng)
+        return Needle(clip * clip_s, (clip + 1) * clip_s, x=x, y=y, size=size, **fields)
 
     if hops == 1:
         (c,) = needle_clips(rng, clips, depth, 1)
@@ -127,7 +127,7 @@ def needles_by_clip(needles: list[Needle], clip: int, clip_s: float) -> Needle:
 
 
 def _chain(
-    rng: np.random.Generator, clips: int, depth: float, hops: int, decoys: int, at: object
+    rng: np.random.Generator, clips: int, depth: float, hops: int, decoys: int, make: Callable[..., Needle]
 ) -> tuple[list[Needle], list[int]]:
     extra_pointer = 1 if hops >= 3 and decoys >= 1 else 0
     n_cards = hops + decoys + extra_pointer
@@ -139,8 +139,6 @@ def _chain(
     positions = needle_clips(rng, clips, depth, n_cards)
     pool = DIGITS if rng.random() < 0.5 else LETTERS
     glyphs = [str(g) for g in rng.choice(list(pool), size=1 + decoys, replace=False)]
-    make = at  # at(clip, **needle fields) -> Needle
-    assert callable(make)
     needles: list[Needle] = []
     chain = borders[:hops]
     for k in range(hops):

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import language as L
 from .palette import ALL_SHAPES, COLOUR_NAMES, DIGITS, LETTERS, SHAPES
-from .script import Event, Needle
+from .script import BACKGROUND_WORDS, Event, Needle
 from .world import ObjectTruth, VideoTruth
 
 SEEN = 0.25  # max share covered for an object to count as seen
@@ -803,24 +803,19 @@ def needle_sentence(n: Needle) -> str:
     return L.fill(L.NEEDLE_SENTENCE[key], a=L.article(n.border), colour=n.border, glyph=n.glyph)
 
 
-def caption(
-    video: VideoTruth, backgrounds: Callable[[int], str], rng: np.random.Generator | None = None
-) -> str:
-    """A caption of the whole video: its first clip, then what happens at each later clip boundary.
-
-    `backgrounds(scene index)` names a scene's background ("striped", ...).
-    """
+def caption(video: VideoTruth, rng: np.random.Generator | None = None) -> str:
+    """A caption of the whole video: its first clip, then what happens at each later clip boundary."""
     f = Facts(video)
     rng = rng or np.random.default_rng(0)
     if not f.clips:
         return ""
-    sentences = clip_caption(f, f.clips[0], backgrounds(video.frames[0].scene))
+    sentences = clip_caption(f, f.clips[0], BACKGROUND_WORDS[video.frames[0].background])
     seen = {s.frame: s for s in f.observed(rng)}
     for prev, clip in zip(f.clips, f.clips[1:], strict=False):
         a, b = f.frames[prev[-1]], f.frames[clip[0]]
         if a.scene != b.scene:
             sentences.append(L.CAPTION_EVENT["cut"])
-            sentences += clip_caption(f, clip, backgrounds(b.scene))
+            sentences += clip_caption(f, clip, BACKGROUND_WORDS[b.background])
             continue
         s = seen.get(clip.start)
         if s is not None:
@@ -859,24 +854,14 @@ GENERATORS: dict[str, Callable[[Facts, np.random.Generator], QA | None]] = {
 }
 
 
-def ask(
-    video: VideoTruth,
-    rng: np.random.Generator,
-    kinds: Iterable[str] = KINDS,
-    *,
-    backgrounds: Callable[[int], str] | None = None,
-) -> list[QA]:
-    """At most one question of each kind that this video can answer unambiguously.
-
-    "caption" needs `backgrounds` (scene index -> background word; `World.background_word`).
-    """
+def ask(video: VideoTruth, rng: np.random.Generator, kinds: Iterable[str] = KINDS) -> list[QA]:
+    """At most one question of each kind that this video can answer unambiguously (call again with
+    another rng for more)."""
     f = Facts(video)
     out = []
     for kind in kinds:
         if kind == "caption":
-            if backgrounds is None:
-                raise ValueError("captions need the world's background names: pass backgrounds=")
-            text = caption(video, backgrounds, rng)
+            text = caption(video, rng)
             if text:
                 q = L.say("caption", rng)
                 out.append(QA("caption", q, text, (0, f.clips[-1].stop - 1)))

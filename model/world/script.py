@@ -131,6 +131,16 @@ class ObjectScript:
         return None
 
 
+# how captions name each background kind
+BACKGROUND_WORDS = {
+    "solid": "plain",
+    "gradient": "gradient",
+    "noise": "mottled",
+    "stripes": "striped",
+    "checks": "checked",
+}
+
+
 @dataclass(frozen=True)
 class Background:
     """kind: solid | gradient | noise | stripes | checks; two tones; angle (degrees) and period
@@ -144,13 +154,7 @@ class Background:
     seed: int = 0
 
     def describe(self) -> str:
-        return {
-            "solid": "plain",
-            "gradient": "gradient",
-            "noise": "mottled",
-            "stripes": "striped",
-            "checks": "checked",
-        }[self.kind]
+        return BACKGROUND_WORDS[self.kind]
 
 
 @dataclass(frozen=True)

@@ -206,10 +206,6 @@ class World:
             fixed_background=self.style.background,
         )
 
-    def background_word(self, scene: int) -> str:
-        """How captions name scene `scene`'s background: plain, gradient, mottled, striped, checked."""
-        return self.scene(scene).background.describe()
-
     def events(self, t0: float, t1: float) -> list[Event]:
         """Script events with t0 < t <= t1."""
         out: list[Event] = []
