@@ -47,7 +47,7 @@ from flashlive.memory.keys import (
     streams_key,
     strip_credentials,
 )
-from flashlive.memory.sampling import check_budget, uniform_indices
+from flashlive.memory.sampling import check_budget, check_recent, recent_indices
 from flashlive.memory.scripts import APPEND, WINDOW_IDS
 from flashlive.memory.types import Clip, ClipInfo, StreamStats
 
@@ -435,12 +435,15 @@ class VideoMemory:
         end: float | None = None,
         last: float | None = None,
         budget: int | None = None,
+        recent: int = 0,
         thumbnails: bool = False,
         strict: bool = False,
     ) -> list[Clip]:
         """Clips whose start lies in [start, end) (or in the last `last` seconds before the newest clip's
         end), in time order, tokens decoded. With `budget`, at most that many clips, picked uniformly
         over the window (`sampling.uniform_indices`): deterministic, first and last clip included.
+        With `recent=K` as well, the newest K clips are always among them and the rest of the budget
+        is spread over the older ones (`sampling.recent_indices`).
 
         Raises UnknownStreamError, InvalidRequestError, EncoderMismatchError, RangeOutsideMemoryError
         (no clip starts in the window). A corrupt entry is logged and skipped, or raises
@@ -448,23 +451,24 @@ class VideoMemory:
         """
         if budget is not None:
             budget = check_budget(budget)
+        recent = check_recent(recent, budget)
         check_encoder_id(encoder_id)
         keys, start, end = await self._resolve(stream, start, end, last, encoder_id)
         if budget is None:
             entries = await self._entries(keys, start, end)
         else:
-            entries = await self._sampled_entries(keys, start, end, budget)
+            entries = await self._sampled_entries(keys, start, end, budget, recent)
         return await self._with_tokens(keys, entries, encoder_id, thumbnails, strict)
 
     async def _sampled_entries(
-        self, keys: StreamKeys, start: float | None, end: float | None, budget: int
+        self, keys: StreamKeys, start: float | None, end: float | None, budget: int, recent: int = 0
     ) -> list[_Entry]:
         """The window's ids first (one string), then only the chosen entries' fields."""
         lo, hi = range_ids(start, end)
         ids = _s(await self._window_script(keys=[keys.clips], args=[lo, hi])).split()
         if len(ids) <= budget:
             return await self._entries(keys, start, end)
-        chosen = [ids[i] for i in uniform_indices(len(ids), budget)]
+        chosen = [ids[i] for i in recent_indices(len(ids), budget, recent)]
         async with self.client.pipeline(transaction=False) as pipe:
             for eid in chosen:
                 pipe.xrange(keys.clips, eid, eid, count=1)
