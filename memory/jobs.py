@@ -283,7 +283,17 @@ class JobQueue:
         missing from the answer was claimed by another worker: this one should stop it."""
         if not entry_ids:
             return []
-        reply = await self._touch(keys=[self.key], args=[self.group, consumer, *entry_ids])
+        reply = await self._touch(keys=[self.key], args=[self.group, consumer, 0, *entry_ids])
+        return [_s(x) for x in reply]
+
+    async def release(
+        self, consumer: str, entry_ids: list[str], *, lease: float = DEFAULT_LEASE
+    ) -> list[str]:
+        """Hand running jobs back (a worker shutting down): they look idle for `lease` seconds, so
+        the next `reclaim` of any worker takes them at once. Returns the ids handed back."""
+        if not entry_ids:
+            return []
+        reply = await self._touch(keys=[self.key], args=[self.group, consumer, _ms(lease) + 1, *entry_ids])
         return [_s(x) for x in reply]
 
     async def reclaim(self, consumer: str, *, lease: float = DEFAULT_LEASE, count: int = 1) -> list[Delivery]:

@@ -233,7 +233,8 @@ class Evidence(Part):
 
 
 class Timings(Part):
-    """Seconds, except tokens_per_s. first_token is from the job's start on the worker."""
+    """Seconds, except tokens_per_s. first_token and total count from the job's submission (what the
+    viewer waited); the others are the parts on the worker."""
 
     queue_wait: float = 0.0
     memory_read: float = 0.0

@@ -75,16 +75,17 @@ end
 return 'signalled'
 """
 
-# KEYS: jobs. ARGV: 1 group, 2 consumer, 3.. entry ids
-# Resets the idle time of the entries this consumer still owns (XCLAIM JUSTID does not count a
-# delivery), so XAUTOCLAIM takes only jobs whose worker stopped touching them: dead or frozen.
-# An entry another worker has claimed meanwhile is left alone. Returns the ids touched.
+# KEYS: jobs. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. entry ids
+# Sets the idle time of the entries this consumer still owns (XCLAIM JUSTID does not count a
+# delivery): 0 keeps a running job ours, so XAUTOCLAIM takes only jobs whose worker stopped touching
+# them (dead or frozen); the lease hands a job back at once (a worker shutting down). An entry another
+# worker has claimed meanwhile is left alone. Returns the ids touched.
 TOUCH = r"""
 local touched = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if #mine > 0 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
     touched[#touched + 1] = ARGV[i]
   end
 end

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flashlive.memory.codec import EncodedClip, decode_info, decode_tokens, encode_clip, entry_tail, to_clip
 from flashlive.memory.errors import (
     CorruptEntryError,
+    EmptyStreamError,
     EncoderMismatchError,
     InvalidRequestError,
     MemoryStoreError,
@@ -382,7 +383,7 @@ class VideoMemory:
             raise EncoderMismatchError(stream, stored_encoder, encoder_id)
         if last is not None:
             if last_end is None:
-                raise RangeOutsideMemoryError(f"stream {stream!r} holds no clips yet")
+                raise EmptyStreamError(f"stream {stream!r} holds no clips yet")
             start, end = float(last_end) - last, None
         return keys, start, end
 
@@ -397,7 +398,7 @@ class VideoMemory:
             first, last_end, trimmed = await pipe.execute()
         asked = f"[{'-inf' if start is None else start}, {'+inf' if end is None else end})"
         if not first:
-            return RangeOutsideMemoryError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
+            return EmptyStreamError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
         first_start = float(_s(first[0][1][b"s"]))
         if (end is None or end > first_start) and (start is None or start < float(_s(last_end))):
             return None  # inside the span, between clips (a pause in the stream): an empty answer
