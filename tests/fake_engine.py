@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from flashlive.memory.messages import DropoutSettings, Generation
 from flashlive.memory.types import Clip
@@ -49,8 +50,18 @@ class FakeRun:
 
     def __iter__(self) -> Iterator[str]:
         t0 = time.perf_counter()
+        with self.engine.lock:
+            self.engine.active += 1
+            self.engine.max_active = max(self.engine.max_active, self.engine.active)
+        try:
+            yield from self._decode(t0)
+        finally:
+            with self.engine.lock:
+                self.engine.active -= 1
+
+    def _decode(self, t0: float) -> Iterator[str]:
         text = ""
-        reason = "length" if self.limit < len(self.words) else "stop"
+        reason: Literal["stop", "length", "stopped"] = "length" if self.limit < len(self.words) else "stop"
         for word in self.words[: self.limit]:
             if self.should_stop():
                 reason = "stopped"
@@ -65,7 +76,7 @@ class FakeRun:
         means = [float(c.tokens.astype("float32").mean()) for c in self.prefix.clips]
         best = max(range(len(means)), key=lambda i: means[i])
         self._outcome = AnswerOutcome(
-            text=text, finish_reason=reason, visual_tokens=kept, prompt_tokens=self.prompt_tokens,  # type: ignore[arg-type]
+            text=text, finish_reason=reason, visual_tokens=kept, prompt_tokens=self.prompt_tokens,
             new_tokens=len(text.split()), evidence=[(best, 1.0)],
             timings={"projector": 0.001, "prefill": 0.002, "decode": time.perf_counter() - t0},
         )  # fmt: skip
@@ -87,6 +98,8 @@ class FakeEngine:
         self.max_context = max_context
         self.steps = 0  # decode steps taken, all jobs
         self.prefixes = 0
+        self.active = 0  # answers being decoded now
+        self.max_active = 0
         self.lock = threading.Lock()
 
     def prefix(self, clips: Sequence[Clip]) -> FakePrefix:

@@ -8,9 +8,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +54,9 @@ class Env:
     worker: Worker
     engine: FakeEngine
 
-    async def ask(self, timeout: float = 10.0, **fields: object) -> tuple[list[object], FinalRecord | ErrorRecord]:
+    async def ask(
+        self, timeout: float = 10.0, **fields: object
+    ) -> tuple[list[object], FinalRecord | ErrorRecord]:
         job = AskJob.model_validate({"stream": "cam", "question": "What happens?", **fields})
         await self.queue.submit(job)
         return await collect(self.queue.client, job.id, prefix=self.queue.prefix, timeout=timeout)
@@ -70,7 +74,8 @@ async def start_env(url: str, engine: FakeEngine, **settings: object) -> tuple[E
     prefix = f"k{uuid.uuid4().hex[:8]}"
     memory = VideoMemory.from_url(url, prefix=prefix)
     queue = JobQueue.from_url(url, prefix=prefix)
-    worker = Worker.connect(engine, url, prefix=prefix, settings=WorkerSettings(**{**FAST, **settings}))  # type: ignore[arg-type]
+    options: dict[str, Any] = {**FAST, **settings}
+    worker = Worker.connect(engine, url, prefix=prefix, settings=WorkerSettings(**options))
     task = asyncio.create_task(worker.run())
     return Env(memory, queue, worker, engine), task
 
@@ -141,10 +146,14 @@ async def test_bad_jobs_get_clear_errors_and_the_worker_keeps_serving(env: Env) 
     def raw(**change: object) -> dict[str, object]:
         return {**good, "id": uuid.uuid4().hex, **change}
 
-    cases: list[tuple[Callable[[], object], ErrorCode, str]] = [
+    cases: list[tuple[Callable[[], Awaitable[object]], ErrorCode, str]] = [
         (lambda: env.ask(stream="nowhere"), ErrorCode.UNKNOWN_STREAM, "unknown stream 'nowhere'"),
         (lambda: env.ask(stream="empty"), ErrorCode.EMPTY_MEMORY, "holds no clips yet"),
-        (lambda: env.ask(window={"start": 1e6, "end": 1e6 + 60}), ErrorCode.WINDOW_OUTSIDE_MEMORY, "holds clips"),
+        (
+            lambda: env.ask(window={"start": 1e6, "end": 1e6 + 60}),
+            ErrorCode.WINDOW_OUTSIDE_MEMORY,
+            "holds clips",
+        ),
         (lambda: env.ask(stream="gap", window={"start": 10, "end": 20}), ErrorCode.WINDOW_EMPTY, "paused"),
         (lambda: env.ask(stream="other"), ErrorCode.ENCODER_MISMATCH, "another-model@224"),
         (lambda: env.ask(budget=4000), ErrorCode.CONTEXT_LIMIT, "context is 600"),
@@ -166,6 +175,18 @@ async def test_bad_jobs_get_clear_errors_and_the_worker_keeps_serving(env: Env) 
     assert isinstance(final, FinalRecord)
     assert (await env.queue.depth()).waiting == 0  # every bad job was taken off the queue
     assert env.worker.outcomes["final"] == 1 and env.worker.outcomes[ErrorCode.INVALID_MESSAGE] == 4
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"engine": {"step_s": 0.02, "length": 15}, "settings": {"concurrency": c}} for c in (1, 3)],
+    indirect=True,
+)
+async def test_concurrency_is_the_number_of_answers_at_once(env: Env) -> None:
+    await env.memory.append(clip("cam", 0))
+    results = await asyncio.gather(*(env.ask(question=f"q{i}") for i in range(4)))
+    assert all(isinstance(final, FinalRecord) for _, final in results)
+    assert env.engine.max_active == env.worker.settings.concurrency
 
 
 @pytest.mark.parametrize("env", [{"engine": {"step_s": 0.05, "length": 400}}], indirect=True)
@@ -215,12 +236,16 @@ async def test_watch_events_through_the_worker(env: Env) -> None:
     log = EventLog(env.memory.client, prefix=env.memory.prefix)
     ticks = TickScheduler(env.memory.client, prefix=env.memory.prefix)
     await env.memory.append(clip("door", 0, 0.1))
-    w = await store.add(Watch(stream="door", condition="a person is at the door", window=4, threshold=0.5, cooldown=8))
-    other = await store.add(Watch(stream="door", condition="NOT a person", window=8, threshold=0.95, cooldown=0))
+    w = await store.add(
+        Watch(stream="door", condition="a person is at the door", window=4, threshold=0.5, cooldown=8)
+    )
+    other = await store.add(
+        Watch(stream="door", condition="NOT a person", window=8, threshold=0.95, cooldown=0)
+    )
     scores = [0.2, 0.8, 0.9, 0.1, 0.1, 0.1, 0.1, 0.0]  # clips 1..8
     for i, score in enumerate(scores, start=1):
         await env.memory.append(clip("door", i, score))
-        await wait_for(lambda i=i: ticks_done(ticks, "door", i))
+        await wait_for(partial(ticks_done, ticks, "door", i))
     events = [e for _, e in await log.read("door")]
     mine = [(e.kind, e.clip_start) for e in events if e.watch == w.id]
     # start at clip 2 (0.8), update at 3, below from 4 on; 8 s after clip 3's end (16 s) is clip 5's end
@@ -236,10 +261,10 @@ async def ticks_done(ticks: TickScheduler, stream: str, i: int) -> bool:
     return (await ticks.lag(stream)).evaluated_end == 4.0 * i + 4.0
 
 
-async def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
+async def wait_for(cond: Callable[[], Awaitable[object]], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await cond():  # type: ignore[misc]
+        if await cond():
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached in time")

@@ -292,7 +292,9 @@ class Worker:
         return 0.0
 
     async def _reclaim_once(self) -> None:
-        while not self._slots.locked():
+        """Take over stale jobs while there are any, each when a slot is free (waiting for one: the
+        intake holds a slot while it blocks, and the semaphore serves waiters in turn)."""
+        while True:
             await self._slots.acquire()
             try:
                 taken = await self.queue.reclaim(self.name, lease=self.settings.lease, count=1)
