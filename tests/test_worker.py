@@ -237,7 +237,7 @@ async def test_watch_events_through_the_worker(env: Env) -> None:
     ticks = TickScheduler(env.memory.client, prefix=env.memory.prefix)
     await env.memory.append(clip("door", 0, 0.1))
     w = await store.add(
-        Watch(stream="door", condition="a person is at the door", window=4, threshold=0.5, cooldown=8)
+        Watch(stream="door", condition="a person is at the door", window=2, threshold=0.5, cooldown=8)
     )
     other = await store.add(
         Watch(stream="door", condition="NOT a person", window=8, threshold=0.95, cooldown=0)

@@ -69,7 +69,6 @@ class Engine(Protocol):
     name: str  # model name for the records ("tiny", a checkpoint id)
     encoder_id: str  # the token space it reads: memory refuses tokens of another encoder
     clip_frames: int  # frames per clip (4): turns a frame budget into clips
-    max_context: int  # tokens
 
     def prefix(self, clips: Sequence[Clip]) -> Any:
         """The shared visual prefix of these clips (in time order). Blocking."""

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from flashlive.memory.errors import MemoryStoreError
+from flashlive.memory.errors import MemoryStoreError, RangeOutsideMemoryError
 from flashlive.memory.events import WatchState, due, step
 from flashlive.memory.keys import id_ms
 from flashlive.memory.messages import ClipSpan, Event, Watch
@@ -98,10 +98,13 @@ class TickEvaluator:
             groups[(watch.window, watch.budget)].append(i)
         scores = [0.0] * len(todo)
         for (window, budget), members in groups.items():
+            # the `window` seconds ending with the tick's clip, which is always included
             clips = await self.memory.read_window(
-                stream, encoder_id=self.engine.encoder_id, start=clip.end - window, end=clip.start + 0.001,
-                budget=max(1, budget // self.engine.clip_frames),
+                stream, encoder_id=self.engine.encoder_id, start=min(clip.start, clip.end - window),
+                end=clip.start + 0.001, budget=max(1, budget // self.engine.clip_frames),
             )  # fmt: skip
+            if not clips:
+                raise RangeOutsideMemoryError(f"clip {clip.id} of stream {stream!r} is gone")
             questions = [watch_question(todo[i][0].condition) for i in members]
             got = await asyncio.to_thread(self._score_blocking, clips, questions)
             for i, score in zip(members, got, strict=True):
