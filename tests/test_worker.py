@@ -272,9 +272,11 @@ async def wait_for(cond: Callable[[], Awaitable[object]], timeout: float = 10.0)
 
 @pytest.mark.slow
 async def test_redis_restarted_under_a_running_worker(tmp_path: Path) -> None:
-    """A second redis-server of its own: restarted (clean) and killed (crash) while the worker runs."""
+    """A second redis-server of its own: restarted (clean) and killed (crash) while the worker runs,
+    between jobs and in the middle of one."""
+    engine = FakeEngine()
     with RedisServer(tmp_path / "redis", appendfsync="always") as server:
-        env, task = await start_env(server.url, FakeEngine(), heartbeat=0.2, lease=1.0, tick_lease=1.0)
+        env, task = await start_env(server.url, engine, heartbeat=0.2, lease=2.0, tick_lease=2.0)
         try:
             await env.memory.append(clip("cam", 0))
             _, final = await env.ask()
@@ -282,6 +284,18 @@ async def test_redis_restarted_under_a_running_worker(tmp_path: Path) -> None:
             server.restart()
             _, final = await env.ask(timeout=20)
             assert isinstance(final, FinalRecord)
+            engine.step_s, engine.length = 0.02, 60  # about 1.2 s of decoding
+            job = AskJob(stream="cam", question="slow")
+            await env.queue.submit(job)
+            reader = aiter_records(env, job.id)
+            records = [await anext(reader)]
+            await asyncio.to_thread(server.restart)  # mid-answer: its writes wait and go on
+            records += [r async for r in reader]
+            final = records[-1]
+            assert isinstance(final, FinalRecord) and final.attempt == 1
+            assert "".join(r.text for r in records if isinstance(r, Piece)) == final.answer  # nothing lost
+            assert len(final.answer.split()) == 63
+            engine.step_s, engine.length = 0.0, 8
             server.kill()
             await asyncio.sleep(1.0)  # the worker's loops meet the dead server and wait
             server.start()
