@@ -18,11 +18,10 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from flashlive.config import FlashliveConfig, IngestConfig, StreamConfig
 from flashlive.memory.keys import check_stream_name
 from flashlive.model.encoder import ClipEncoder
 
-from .compressor import ClipSink, Compressor, Policy
+from .compressor import ClipSink, Compressor
 from .lifecycle import StateSink, StreamRunner, StreamSpec
 from .metrics import Metrics
 from .sources.base import Source
@@ -36,50 +35,6 @@ log = logging.getLogger(__name__)
 
 class IngestMemory(ClipSink, StateSink, Protocol):
     """What ingest needs from memory: `append(clip)` and `set_state(stream, state, **fields)`."""
-
-
-def spec_from_config(name: str, stream: StreamConfig, defaults: IngestConfig | None = None) -> StreamSpec:
-    """A StreamSpec for one `streams.NAME` entry of the config file."""
-    d = defaults or IngestConfig()
-    options: dict[str, Any] = {"name": name}
-    if stream.url:
-        options.update(
-            realtime=stream.realtime,
-            loop=stream.loop,
-            rtsp_transport=stream.transport,
-            open_timeout=stream.open_timeout_s,
-            read_timeout=stream.read_timeout_s,
-        )
-        if stream.credentials is not None:
-            if stream.credentials.user is not None:
-                options["user"] = stream.credentials.user
-            if stream.credentials.password is not None:
-                options["password"] = stream.credentials.password.get_secret_value()
-    backfill = bool(stream.url) and not stream.realtime
-    policy: Policy = stream.policy or ("wait" if backfill else d.policy)
-    return StreamSpec(
-        name=name,
-        url=stream.url if stream.url else None,
-        source_options=options,
-        fps=stream.fps or d.fps,
-        policy=policy,
-        max_pending=d.max_pending_clips,
-        min_fps=min(d.min_fps, stream.fps or d.fps),
-        max_side=d.max_side,
-        retry=not stream.whip,
-        backoff_initial_s=d.backoff_initial_s,
-        backoff_max_s=d.backoff_max_s,
-    )
-
-
-def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, StreamSpec]:
-    """Specs of the enabled streams: pulled ones (`whip=False`) or WHIP ones (`whip=True`, for
-    `Ingest.whip_app(streams=...)`: they start when a publisher connects)."""
-    return {
-        name: spec_from_config(name, s, cfg.ingest)
-        for name, s in cfg.streams.items()
-        if s.enabled and s.whip == whip
-    }
 
 
 class Ingest:

@@ -1,8 +1,8 @@
 """The online compressor: batching across streams, an event loop that never blocks, bounded queues.
 
-The encoder here is a small deterministic stand-in (per-clip mean colours tiled to [T, C]), so a test
-can tell exactly which clip became which tokens and can make encoding as slow as it likes. The real
-tiny encoder runs in tests/test_ingest.py.
+The encoder here is `helpers.ColourEncoder`, a small deterministic stand-in (per-clip mean colours
+tiled to [T, C]), so a test can tell exactly which clip became which tokens and can make encoding as
+slow as it likes. The real tiny encoder runs in tests/test_ingest.py.
 """
 
 from __future__ import annotations
@@ -13,61 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ColourEncoder, ListMemory
 
-from flashlive.memory.types import Clip
 from flashlive.stream.clips import PendingClip
 from flashlive.stream.compressor import Compressor, CompressorClosed
 from flashlive.stream.metrics import Metrics
 from flashlive.stream.sampler import Sampler
-
-
-class ColourEncoder:
-    """ClipEncoder whose tokens are each clip's mean colour (and frame count) tiled to [T, C]."""
-
-    encoder_id = "test-colour/v1"
-    clip_frames = 4
-    tokens_per_clip = 8
-    width = 4
-    device = "cpu"
-
-    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
-        self.delay = delay
-        self.fail_on = fail_on  # a colour value whose batch raises
-        self.batches: list[list[int]] = []  # first-pixel value of each clip, per batch
-        self.gate: threading.Event | None = None
-        self.threads: set[str] = set()
-
-    def encode(self, clips: np.ndarray) -> np.ndarray:
-        assert clips.dtype == np.uint8 and clips.ndim == 5 and clips.shape[1] == self.clip_frames
-        self.threads.add(threading.current_thread().name)
-        if self.gate is not None:
-            self.gate.wait(5)
-        if self.delay:
-            time.sleep(self.delay)
-        values = [int(c[0, 0, 0, 0]) for c in clips]
-        self.batches.append(values)
-        if self.fail_on is not None and self.fail_on in values:
-            raise RuntimeError("synthetic encoder failure")
-        mean = clips.reshape(len(clips), -1, 3).mean(axis=1)  # [N, 3]
-        feats = np.concatenate([mean, np.full((len(clips), 1), clips.shape[1])], axis=1)  # [N, 4]
-        return np.repeat(feats[:, None, :], self.tokens_per_clip, axis=1).astype(np.float16)  # [N, T, 4]
-
-
-class ListMemory:
-    """A ClipSink that keeps clips in a list; `fail` makes the next appends raise (a store outage)."""
-
-    def __init__(self) -> None:
-        self.clips: list[Clip] = []
-        self.fail = 0
-
-    async def append(self, clip: Clip) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise ConnectionError("store unavailable")
-        self.clips.append(clip)
-
-    def of(self, stream: str) -> list[Clip]:
-        return [c for c in self.clips if c.stream == stream]
 
 
 def pending(stream: str, t: float, value: int, step: float = 1.0, real: int = 4) -> PendingClip:
@@ -237,7 +188,7 @@ async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> 
 async def test_register_checks_its_arguments() -> None:
     comp = Compressor(ColourEncoder(), ListMemory())
     with pytest.raises(ValueError, match="policy"):
-        comp.register("x", policy="drop-everything")
+        comp.register("x", policy="drop-everything")  # type: ignore[arg-type]
     comp.register("x")
     with pytest.raises(ValueError, match="already registered"):
         comp.register("x")

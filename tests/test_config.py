@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from flashlive.app.ingest import specs_from_config
 from flashlive.cli import main
 from flashlive.config import ConfigError, FlashliveConfig, load_config, parse_config
-from flashlive.stream.ingest import specs_from_config
 
 EXAMPLE = """\
 streams:

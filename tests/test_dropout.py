@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -82,12 +84,13 @@ def aligned_model(select_layer: int, hot: list[int]) -> tuple[Qwen2LM, torch.Ten
     """
     lm = random_init_(Qwen2LM(TINY), seed=3).eval()
     d = TINY.head_dim
+    layers: Any = lm.model.layers
     with torch.no_grad():
         for i in range(select_layer):
-            lm.model.layers[i].self_attn.o_proj.weight.zero_()
-            lm.model.layers[i].mlp.down_proj.weight.zero_()
-        attn = lm.model.layers[select_layer].self_attn
-        lm.model.layers[select_layer].input_layernorm.weight.fill_(1.0)
+            layers[i].self_attn.o_proj.weight.zero_()
+            layers[i].mlp.down_proj.weight.zero_()
+        attn = layers[select_layer].self_attn
+        layers[select_layer].input_layernorm.weight.fill_(1.0)
         for p in (attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias):
             p.zero_()
         for h in range(TINY.num_attention_heads):

@@ -9,36 +9,30 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import media
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from helpers import free_port
 from http_helpers import PatternTrack, http, serve
-from rtsp_fixture import RtspServer, free_port, rtsp_server  # noqa: F401
+from rtsp_fixture import RtspServer
 
+from flashlive.app.ingest import spec_from_config
 from flashlive.config import StreamConfig
 from flashlive.memory.errors import RangeOutsideMemoryError, UnknownStreamError
 from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import ClipInfo
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
-from flashlive.stream.ingest import Ingest, spec_from_config
+from flashlive.stream.ingest import Ingest
 from flashlive.stream.lifecycle import StreamSpec
 
 
 @pytest.fixture(scope="module")
 def encoder() -> ClipEncoder:
     return load_clip_encoder("tiny")
-
-
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield mem
-    await mem.close()
 
 
 async def infos(memory: VideoMemory, stream: str) -> list[ClipInfo]:
@@ -82,8 +76,9 @@ async def test_file_backfill_clip_count_and_times_match_the_duration(
     assert meta["state"] == "stopped" and meta["error"] == "" and meta["source"] == str(path)
 
 
+@pytest.mark.slow
 async def test_rtsp_cadence_outage_and_recovery(
-    rtsp_server: RtspServer,  # noqa: F811
+    rtsp_server: RtspServer,
     encoder: ClipEncoder,
     memory: VideoMemory,
 ) -> None:
@@ -132,6 +127,7 @@ async def test_rtsp_cadence_outage_and_recovery(
     assert (await memory.meta("cam"))["state"] == "stopped"
 
 
+@pytest.mark.slow
 async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
     tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
 ) -> None:
@@ -221,6 +217,7 @@ def test_cli_backfill_and_config(tmp_path: Path, redis_server: RedisServer) -> N
     assert [c.frames for c in two] == [4, 4, 4]  # 6 s at 2 fps
 
 
+@pytest.mark.slow
 async def test_whip_publisher_is_ingested_and_delete_ends_it(
     encoder: ClipEncoder, memory: VideoMemory
 ) -> None:

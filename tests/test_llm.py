@@ -134,7 +134,7 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(pair: tuple[Qwen2LM, Qwen2F
     lm, _ = pair
     embeds = spliced_prompt(lm, 4, 8, 4, seed=5)
 
-    def run(**kw: float) -> list[int]:
+    def run(**kw: Any) -> list[int]:
         return list(generate(lm, lm.prefill(embeds), max_new_tokens=8, stop_ids=(), **kw))
 
     a, b = run(temperature=1.5, seed=7), run(temperature=1.5, seed=7)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from helpers import require
 
 from flashlive.memory.connect import open_memory
 from flashlive.memory.server import (

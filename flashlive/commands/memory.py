@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flashlive.cli import CommandError
+from flashlive.errors import CommandError
 
 
 def parse_time(text: str) -> float:
