@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -152,7 +152,7 @@ class EventLog:
 
     async def follow(
         self, after: dict[str, str], *, block: float = 1.0
-    ) -> AsyncIterator[tuple[str, str, Event]]:
+    ) -> AsyncGenerator[tuple[str, str, Event], None]:
         """(stream, entry id, event) for events after the given id per stream ("0-0": from the start,
         "$": only new ones), forever. Reconnects when Redis goes away; nothing is missed or repeated
         because the cursor is the entry id. Stop by breaking out of the loop."""
@@ -175,7 +175,7 @@ class EventLog:
                     if event is not None:
                         yield stream, _s(eid), event
 
-    async def live(self) -> AsyncIterator[tuple[str, Event]]:
+    async def live(self) -> AsyncGenerator[tuple[str, Event], None]:
         """(entry id, event) as published. Live push only: after a reconnect, catch up with `read`."""
         pubsub = self.client.pubsub()
         await pubsub.subscribe(self.channel)

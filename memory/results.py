@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ async def read_results(
     after: str = "0-0",
     timeout: float = 60.0,
     block: float = 1.0,
-) -> AsyncIterator[tuple[str, Record]]:
+) -> AsyncGenerator[tuple[str, Record], None]:
     """Yield (record id, record) of `job` after id `after`, until its terminal record (included).
 
     Blocks in XREAD for new records; raises ResultTimeoutError when none came for `timeout` seconds

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import unique_prefix
 
 from flashlive.memory.jobs import BeginStatus, CancelStatus, JobQueue, WorkerInfo, WriteStatus
 from flashlive.memory.messages import AskJob, ErrorCode, ErrorRecord, FinalRecord, Piece, Timings, Window
@@ -18,7 +18,7 @@ from flashlive.memory.server import RedisServer
 
 @pytest.fixture
 async def queue(redis_server: RedisServer) -> AsyncIterator[JobQueue]:
-    q = JobQueue.from_url(redis_server.url, prefix=f"q{uuid.uuid4().hex[:8]}", result_ttl=60)
+    q = JobQueue.from_url(redis_server.url, prefix=unique_prefix("q"), result_ttl=60)
     yield q
     await q.close()
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -27,7 +25,7 @@ def span(i: int) -> ClipSpan:
 
 def run(watch: Watch, scores: list[float]) -> list[tuple[int, str]]:
     """Feed one score per clip through the state machine; (clip index, event kind) of what it emits."""
-    state, out = WatchState(), []
+    state, out = WatchState(), list[tuple[int, str]]()
     for i, score in enumerate(scores):
         if not due(watch, state, span(i).end):
             continue
@@ -70,14 +68,12 @@ def test_cadence_in_seconds_skips_ticks_in_between() -> None:
 
 
 @pytest.fixture
-async def env(redis_server: RedisServer) -> AsyncIterator[tuple[VideoMemory, WatchStore, TickScheduler]]:
-    memory = VideoMemory.from_url(redis_server.url, prefix=f"w{uuid.uuid4().hex[:8]}")
-    yield (
+def env(memory: VideoMemory) -> tuple[VideoMemory, WatchStore, TickScheduler]:
+    return (
         memory,
         WatchStore(memory.client, prefix=memory.prefix),
         TickScheduler(memory.client, prefix=memory.prefix),
     )
-    await memory.close()
 
 
 async def append(memory: VideoMemory, stream: str, first: int, count: int) -> None:
@@ -180,30 +176,19 @@ async def test_a_tick_of_a_frozen_worker_is_taken_over_and_its_late_result_dropp
     assert (await ticks.lag("cam")).reclaimed == 1
 
 
-async def test_max_lag_skips_to_the_newest_clip_and_counts_it(
-    memory_prefix: str, redis_server: RedisServer
-) -> None:
-    memory = VideoMemory.from_url(redis_server.url, prefix=memory_prefix)
-    try:
-        store = WatchStore(memory.client, prefix=memory_prefix)
-        ticks = TickScheduler(memory.client, prefix=memory_prefix, max_lag=10.0)
-        await append(memory, "cam", 0, 2)
-        await store.add(Watch(stream="cam", condition="c"))
-        tick = await ticks.claim("cam", "w")
-        assert tick is not None
-        await ticks.complete(tick, 8.0, [], [])
-        await append(memory, "cam", 2, 10)  # 40 s of clips arrive while nobody evaluates
-        tick = await ticks.claim("cam", "w")
-        assert tick is not None and tick.clip_id == "44000-1" and tick.skipped == 9
-        await ticks.complete(tick, 48.0, [], [])
-        assert (await ticks.lag("cam")).skipped == 9
-    finally:
-        await memory.close()
-
-
-@pytest.fixture
-def memory_prefix() -> str:
-    return f"w{uuid.uuid4().hex[:8]}"
+async def test_max_lag_skips_to_the_newest_clip_and_counts_it(memory: VideoMemory) -> None:
+    store = WatchStore(memory.client, prefix=memory.prefix)
+    ticks = TickScheduler(memory.client, prefix=memory.prefix, max_lag=10.0)
+    await append(memory, "cam", 0, 2)
+    await store.add(Watch(stream="cam", condition="c"))
+    tick = await ticks.claim("cam", "w")
+    assert tick is not None
+    await ticks.complete(tick, 8.0, [], [])
+    await append(memory, "cam", 2, 10)  # 40 s of clips arrive while nobody evaluates
+    tick = await ticks.claim("cam", "w")
+    assert tick is not None and tick.clip_id == "44000-1" and tick.skipped == 9
+    await ticks.complete(tick, 48.0, [], [])
+    assert (await ticks.lag("cam")).skipped == 9
 
 
 async def test_event_reader_restarted_midway_misses_and_repeats_nothing(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fake_engine import ENCODER_ID, FakeEngine
+from helpers import unique_prefix
 
 from flashlive.memory.events import EventLog
 from flashlive.memory.jobs import JobQueue
@@ -32,7 +33,7 @@ from flashlive.memory.messages import (
     Watch,
     Window,
 )
-from flashlive.memory.results import collect
+from flashlive.memory.results import Record, collect
 from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
@@ -56,7 +57,7 @@ class Env:
 
     async def ask(
         self, timeout: float = 10.0, **fields: object
-    ) -> tuple[list[object], FinalRecord | ErrorRecord]:
+    ) -> tuple[list[Record], FinalRecord | ErrorRecord]:
         job = AskJob.model_validate({"stream": "cam", "question": "What happens?", **fields})
         await self.queue.submit(job)
         return await collect(self.queue.client, job.id, prefix=self.queue.prefix, timeout=timeout)
@@ -71,7 +72,7 @@ class Env:
 
 
 async def start_env(url: str, engine: FakeEngine, **settings: object) -> tuple[Env, asyncio.Task[None]]:
-    prefix = f"k{uuid.uuid4().hex[:8]}"
+    prefix = unique_prefix("k")
     memory = VideoMemory.from_url(url, prefix=prefix)
     queue = JobQueue.from_url(url, prefix=prefix)
     options: dict[str, Any] = {**FAST, **settings}
@@ -224,7 +225,7 @@ async def test_deadline_frees_the_worker(env: Env) -> None:
     assert env.engine.steps == steps
 
 
-async def aiter_records(env: Env, job: str) -> AsyncIterator[object]:
+async def aiter_records(env: Env, job: str) -> AsyncIterator[Record]:
     from flashlive.memory.results import read_results
 
     async for _, record in read_results(env.queue.client, job, prefix=env.queue.prefix, timeout=10):
@@ -291,10 +292,10 @@ async def test_redis_restarted_under_a_running_worker(tmp_path: Path) -> None:
             records = [await anext(reader)]
             await asyncio.to_thread(server.restart)  # mid-answer: its writes wait and go on
             records += [r async for r in reader]
-            final = records[-1]
-            assert isinstance(final, FinalRecord) and final.attempt == 1
-            assert "".join(r.text for r in records if isinstance(r, Piece)) == final.answer  # nothing lost
-            assert len(final.answer.split()) == 63
+            last = records[-1]
+            assert isinstance(last, FinalRecord) and last.attempt == 1
+            assert "".join(r.text for r in records if isinstance(r, Piece)) == last.answer  # nothing lost
+            assert len(last.answer.split()) == 63
             engine.step_s, engine.length = 0.0, 8
             server.kill()
             await asyncio.sleep(1.0)  # the worker's loops meet the dead server and wait

@@ -11,18 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fake_engine import ENCODER_ID
+from helpers import unique_prefix
 
 from flashlive.memory.events import EventLog
 from flashlive.memory.jobs import JobQueue
 from flashlive.memory.messages import AskJob, ErrorRecord, FinalRecord, Piece, Watch
-from flashlive.memory.results import AnswerText, read_results
+from flashlive.memory.results import AnswerText, Record, read_results
 from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
@@ -70,7 +70,7 @@ class Procs:
 
 @pytest.fixture
 def procs(redis_server: RedisServer) -> Iterator[Procs]:
-    p = Procs(redis_server.url, f"f{uuid.uuid4().hex[:8]}")
+    p = Procs(redis_server.url, unique_prefix("f"))
     yield p
     p.stop_all()
 
@@ -106,7 +106,7 @@ async def test_the_other_worker_finishes_a_job_whose_worker_froze_or_died(
     await queue.submit(job)
     first = await owner_of(queue, job.id)
     other = "w-b" if first == "w-a" else "w-a"
-    records: list[tuple[str, object]] = []
+    records: list[tuple[str, Record]] = []
     reader = read_results(queue.client, job.id, prefix=queue.prefix, timeout=20)
     async for rid, rec in reader:  # wait until it is mid-answer
         records.append((rid, rec))
