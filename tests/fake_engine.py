@@ -26,6 +26,7 @@ TOKENS_PER_CLIP = 64
 @dataclass
 class FakePrefix:
     clips: list[Clip]
+    dropout: DropoutSettings | None
 
 
 class FakeRun:
@@ -102,24 +103,23 @@ class FakeEngine:
         self.max_active = 0
         self.lock = threading.Lock()
 
-    def prefix(self, clips: Sequence[Clip]) -> FakePrefix:
+    def prefix(self, clips: Sequence[Clip], dropout: DropoutSettings | None) -> FakePrefix:
+        if dropout is not None and dropout.layers[-1] > 24:
+            raise EngineRequestError(f"dropout layer {dropout.layers[-1]} is past the model's 24 layers")
         with self.lock:
             self.prefixes += 1
-        return FakePrefix(list(clips))
+        return FakePrefix(list(clips), dropout)
 
     def answer(
         self,
         prefix: FakePrefix,
         question: str,
         *,
-        dropout: DropoutSettings | None,
         generation: Generation,
         should_stop: Callable[[], bool],
     ) -> FakeRun:
         if "explode" in question:
             raise RuntimeError("the fake engine was told to explode")
-        if dropout is not None and dropout.layers[-1] > 24:
-            raise EngineRequestError(f"dropout layer {dropout.layers[-1]} is past the model's 24 layers")
         prompt = len(prefix.clips) * TOKENS_PER_CLIP + len(question.split()) + 40
         if prompt > self.max_context:
             raise ContextLimitError(
@@ -128,7 +128,7 @@ class FakeEngine:
         clips = prefix.clips
         words = [f"{len(clips)} clips", f" from {clips[0].start:g}", f" to {clips[-1].end:g}."]
         words += [f" w{i}" for i in range(max(0, self.length - len(words)))]
-        return FakeRun(self, prefix, words, generation.max_new_tokens, prompt, dropout, should_stop)
+        return FakeRun(self, prefix, words, generation.max_new_tokens, prompt, prefix.dropout, should_stop)
 
     def score_yes_no(self, prefix: FakePrefix, questions: Sequence[str]) -> list[float]:
         score = float(prefix.clips[-1].tokens.astype("float32").mean())

@@ -4,13 +4,13 @@ fake engine and web/ never pulls torch in through it).
 An engine is synchronous and blocking: the worker calls it from a thread per job and reads the text
 through an asyncio queue (`bridge.py`). Its three calls follow the split of the model API:
 
-- `prefix(clips)`: the question-independent part (projector, system text, visual tokens): computed
-  once per window and shared read-only by every question about that window (the asks of one
-  job, the watches of one stream tick);
-- `answer(prefix, question, ...)`: the per-question suffix (prefill with the request's dropout, which
-  needs the question for its text-guided stages) and the decode loop, as an iterator of text pieces;
-  it calls `should_stop()` before each decode step, so a cancelled or expired job frees the worker
-  within one step;
+- `prefix(clips, dropout)`: the question-independent part (projector, system text, visual tokens,
+  with the request's dropout settings): computed once per window and shared read-only by every
+  question about that window (the asks of one job, the watches of one stream tick);
+- `answer(prefix, question, ...)`: the per-question suffix (its prefill, and the text-guided dropout
+  stages, which need the question) and the decode loop, as an iterator of text pieces; it calls
+  `should_stop()` before each decode step, so a cancelled or expired job frees the worker within
+  one step;
 - `score_yes_no(prefix, questions)`: P("Yes") / (P("Yes") + P("No")) from the next-token logits after
   a yes/no prompt, one score per question: what watches are evaluated with.
 
@@ -70,8 +70,9 @@ class Engine(Protocol):
     encoder_id: str  # the token space it reads: memory refuses tokens of another encoder
     clip_frames: int  # frames per clip (4): turns a frame budget into clips
 
-    def prefix(self, clips: Sequence[Clip]) -> Any:
-        """The shared visual prefix of these clips (in time order). Blocking."""
+    def prefix(self, clips: Sequence[Clip], dropout: DropoutSettings | None) -> Any:
+        """The shared visual prefix of these clips (in time order). Blocking. Raises
+        EngineRequestError (e.g. ContextLimitError, or dropout settings this model cannot run)."""
         ...
 
     def answer(
@@ -79,7 +80,6 @@ class Engine(Protocol):
         prefix: Any,
         question: str,
         *,
-        dropout: DropoutSettings | None,
         generation: Generation,
         should_stop: Callable[[], bool],
     ) -> AnswerRun:

@@ -444,11 +444,10 @@ class Worker:
         seq = 0
 
         def work(emit: Callable[[str], None]) -> AnswerOutcome:
-            prefix = self.engine.prefix(clips)
+            prefix = self.engine.prefix(clips, job.dropout)
             answer = self.engine.answer(
                 prefix,
                 job.question,
-                dropout=job.dropout,
                 generation=job.generation,
                 should_stop=run.should_stop,
             )

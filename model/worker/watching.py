@@ -112,5 +112,5 @@ class TickEvaluator:
         return scores
 
     def _score_blocking(self, clips: list[Clip], questions: list[str]) -> list[float]:
-        prefix = self.engine.prefix(clips)
+        prefix = self.engine.prefix(clips, None)
         return self.engine.score_yes_no(prefix, questions)
