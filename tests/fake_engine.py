@@ -131,5 +131,7 @@ class FakeEngine:
         return FakeRun(self, prefix, words, generation.max_new_tokens, prompt, prefix.dropout, should_stop)
 
     def score_yes_no(self, prefix: FakePrefix, questions: Sequence[str]) -> list[float]:
+        if any("explode" in q for q in questions):
+            raise RuntimeError("the fake engine was told to explode")
         score = float(prefix.clips[-1].tokens.astype("float32").mean())
         return [1.0 - score if "NOT" in q else score for q in questions]

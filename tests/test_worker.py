@@ -40,7 +40,9 @@ from flashlive.memory.types import Clip
 from flashlive.memory.watches import TickScheduler, WatchStore
 from flashlive.model.worker.service import Worker, WorkerSettings
 
-FAST = dict(heartbeat=0.1, lease=0.5, tick_lease=0.5, block=0.1, cancel_poll=0.05, watch_poll=0.05, drain=1.0)
+FAST: dict[str, Any] = dict(
+    heartbeat=0.1, lease=0.5, tick_lease=0.5, block=0.1, cancel_poll=0.05, watch_poll=0.05, drain=1.0
+)
 
 
 def clip(stream: str, i: int, value: float = 0.0, encoder: str = ENCODER_ID) -> Clip:
@@ -256,6 +258,47 @@ async def test_watch_events_through_the_worker(env: Env) -> None:
     lag = await ticks.lag("door")
     assert lag.lag == 0 and lag.failed == 0 and lag.evaluated == 9
     assert env.engine.prefixes == 2 * 9  # one prefix per distinct window per tick, shared by watches
+
+
+async def test_a_failing_tick_is_counted_and_the_stream_moves_on(env: Env) -> None:
+    store = WatchStore(env.memory.client, prefix=env.memory.prefix)
+    ticks = TickScheduler(env.memory.client, prefix=env.memory.prefix)
+    await env.memory.append(clip("cam", 0))
+    bad = await store.add(Watch(stream="cam", condition="the model will explode"))
+    await wait_for(partial(ticks_done, ticks, "cam", 0))
+    assert (await ticks.lag("cam")).failed == 1
+    await store.delete(bad.id)
+    await store.add(Watch(stream="cam", condition="fine", threshold=0.0))
+    await env.memory.append(clip("cam", 1))
+    await wait_for(partial(ticks_done, ticks, "cam", 1))
+    lag = await ticks.lag("cam")
+    assert (lag.failed, lag.evaluated, lag.lag) == (1, 1, 0)
+    [(_, event)] = await EventLog(env.memory.client, prefix=env.memory.prefix).read("cam")
+    assert event.kind == "start" and event.clip_start == 4.0
+
+
+async def test_a_job_that_keeps_killing_workers_is_given_up(redis_server: RedisServer) -> None:
+    prefix = unique_prefix("p")
+    queue = JobQueue.from_url(redis_server.url, prefix=prefix)
+    memory = VideoMemory.from_url(redis_server.url, prefix=prefix)
+    await memory.append(clip("cam", 0))
+    job = AskJob(stream="cam", question="q")
+    await queue.submit(job)
+    await queue.read("victim-0", block=0.1)
+    for k in range(1, 5):  # four more workers took it and died
+        assert await queue.reclaim(f"victim-{k}", lease=0.0)
+    await asyncio.sleep(0.6)  # idle past the worker's lease
+    worker = Worker(FakeEngine(), memory, queue, WorkerSettings(**FAST))
+    task = asyncio.create_task(worker.run())
+    try:
+        _, last = await collect(queue.client, job.id, prefix=prefix, timeout=10)
+        assert isinstance(last, ErrorRecord) and last.code == ErrorCode.INTERNAL
+        assert "started 5 times" in last.message
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await memory.close()
+        await queue.close()
 
 
 async def ticks_done(ticks: TickScheduler, stream: str, i: int) -> bool:
