@@ -30,6 +30,10 @@ class RangeOutsideMemoryError(MemoryStoreError, LookupError):
     """No clip of the stream starts inside the requested range."""
 
 
+class EmptyStreamError(RangeOutsideMemoryError):
+    """The stream exists (its ingest has started) but holds no clip yet."""
+
+
 class EncoderMismatchError(MemoryStoreError):
     """Tokens written by one encoder were about to be read (or appended) as another's."""
 

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flashlive.memory.codec import EncodedClip, decode_info, decode_tokens, encode_clip, entry_tail, to_clip
 from flashlive.memory.errors import (
     CorruptEntryError,
+    EmptyStreamError,
     EncoderMismatchError,
     InvalidRequestError,
     MemoryStoreError,
@@ -47,7 +48,7 @@ from flashlive.memory.keys import (
     streams_key,
     strip_credentials,
 )
-from flashlive.memory.sampling import check_budget, uniform_indices
+from flashlive.memory.sampling import check_budget, check_recent, recent_indices
 from flashlive.memory.scripts import APPEND, WINDOW_IDS
 from flashlive.memory.types import Clip, ClipInfo, StreamStats
 
@@ -382,7 +383,7 @@ class VideoMemory:
             raise EncoderMismatchError(stream, stored_encoder, encoder_id)
         if last is not None:
             if last_end is None:
-                raise RangeOutsideMemoryError(f"stream {stream!r} holds no clips yet")
+                raise EmptyStreamError(f"stream {stream!r} holds no clips yet")
             start, end = float(last_end) - last, None
         return keys, start, end
 
@@ -397,7 +398,7 @@ class VideoMemory:
             first, last_end, trimmed = await pipe.execute()
         asked = f"[{'-inf' if start is None else start}, {'+inf' if end is None else end})"
         if not first:
-            return RangeOutsideMemoryError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
+            return EmptyStreamError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
         first_start = float(_s(first[0][1][b"s"]))
         if (end is None or end > first_start) and (start is None or start < float(_s(last_end))):
             return None  # inside the span, between clips (a pause in the stream): an empty answer
@@ -435,12 +436,15 @@ class VideoMemory:
         end: float | None = None,
         last: float | None = None,
         budget: int | None = None,
+        recent: int = 0,
         thumbnails: bool = False,
         strict: bool = False,
     ) -> list[Clip]:
         """Clips whose start lies in [start, end) (or in the last `last` seconds before the newest clip's
         end), in time order, tokens decoded. With `budget`, at most that many clips, picked uniformly
         over the window (`sampling.uniform_indices`): deterministic, first and last clip included.
+        With `recent=K` as well, the newest K clips are always among them and the rest of the budget
+        is spread over the older ones (`sampling.recent_indices`).
 
         Raises UnknownStreamError, InvalidRequestError, EncoderMismatchError, RangeOutsideMemoryError
         (no clip starts in the window). A corrupt entry is logged and skipped, or raises
@@ -448,23 +452,24 @@ class VideoMemory:
         """
         if budget is not None:
             budget = check_budget(budget)
+        recent = check_recent(recent, budget)
         check_encoder_id(encoder_id)
         keys, start, end = await self._resolve(stream, start, end, last, encoder_id)
         if budget is None:
             entries = await self._entries(keys, start, end)
         else:
-            entries = await self._sampled_entries(keys, start, end, budget)
+            entries = await self._sampled_entries(keys, start, end, budget, recent)
         return await self._with_tokens(keys, entries, encoder_id, thumbnails, strict)
 
     async def _sampled_entries(
-        self, keys: StreamKeys, start: float | None, end: float | None, budget: int
+        self, keys: StreamKeys, start: float | None, end: float | None, budget: int, recent: int = 0
     ) -> list[_Entry]:
         """The window's ids first (one string), then only the chosen entries' fields."""
         lo, hi = range_ids(start, end)
         ids = _s(await self._window_script(keys=[keys.clips], args=[lo, hi])).split()
         if len(ids) <= budget:
             return await self._entries(keys, start, end)
-        chosen = [ids[i] for i in uniform_indices(len(ids), budget)]
+        chosen = [ids[i] for i in recent_indices(len(ids), budget, recent)]
         async with self.client.pipeline(transaction=False) as pipe:
             for eid in chosen:
                 pipe.xrange(keys.clips, eid, eid, count=1)
