@@ -28,10 +28,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from flashlive.memory.settings import default_data_dir
+
 log = logging.getLogger(__name__)
 
 SERVER_BINARY_ENV = "FLASHLIVE_REDIS_SERVER"
-DATA_DIR_ENV = "FLASHLIVE_DATA_DIR"
 SYSTEM_BINARIES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
 
 
@@ -70,15 +71,6 @@ def server_version(binary: str) -> tuple[int, int, int]:
             parts = word[2:].split(".")
             return int(parts[0]), int(parts[1]), int(parts[2])
     raise RedisServerError(f"cannot read the version of {binary}: {out.strip()!r}")
-
-
-def default_data_dir() -> Path:
-    """$FLASHLIVE_DATA_DIR/redis, else $XDG_DATA_HOME/flashlive/redis (~/.local/share/...)."""
-    base = os.environ.get(DATA_DIR_ENV)
-    if base:
-        return Path(base) / "redis"
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "flashlive" / "redis"
 
 
 def free_port() -> int:

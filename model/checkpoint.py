@@ -33,6 +33,7 @@ from flashlive.model.config import (
     VisionConfig,
     get_preset,
 )
+from flashlive.model.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ SINGLE_FILE = "model.safetensors"
 TOWER_IMAGE_SIZE = {"umt-large": 224, "umt-hd-large": 448}
 SUPPORTED_PROJECTOR = "tome16_mlp_hd64"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be found or does not fit the model; the message names the file or key."""
 
 
 # ---------------------------------------------------------------- locating
@@ -355,14 +352,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if device == "cpu" and dtype != "fp32":
         log.warning("computing in %s on the CPU is several times slower than fp32", dtype)
     return DTYPES[dtype]
-
-
-def resolve_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} asked for, but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CheckpointError(f"unknown device {device!r}; use cpu or cuda[:N]")
-    return device
 
 
 def preset_or_dir(spec: str, *, download: bool = False) -> tuple[FlashConfig, Path | None]:

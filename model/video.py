@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flashlive.model.errors import VideoError
+
 log = logging.getLogger(__name__)
-
-
-class VideoError(ValueError):
-    """The file cannot be used as a video (unreadable, empty, no video stream)."""
 
 
 @dataclass

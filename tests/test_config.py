@@ -33,8 +33,10 @@ ingest:
   backoff_max_s: 30
 model: {name: tiny, device: cpu}
 memory:
-  redis_url: "${REDIS_URL:-}"
-  retention_s: 86400
+  redis:
+    url: "${REDIS_URL:-}"
+  retention:
+    seconds: 86400
 web:
   port: 8080
   whip_token: "$${not-substituted}"
@@ -50,9 +52,10 @@ def test_example_parses_with_env_and_defaults() -> None:
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
     assert cfg.streams["phone"].whip and cfg.streams["phone"].url is None
     assert cfg.streams["demo"].url == "/videos/demo.mp4"  # ${VAR:-default}
-    assert cfg.memory.redis_url is None  # empty means the embedded server
+    assert cfg.memory.redis.url is None and cfg.memory.redis.embedded  # empty means the embedded server
+    assert cfg.memory.retention.seconds == 86400 and cfg.memory.retention.max_bytes is None
     assert cfg.web.whip_token is not None and cfg.web.whip_token.get_secret_value() == "${not-substituted}"
-    assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.model.max_batch == 8
+    assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.ingest.max_batch == 8
     assert cfg.worker.concurrency == 1
 
 
@@ -61,10 +64,12 @@ def test_specs_follow_the_config() -> None:
     pulled = specs_from_config(cfg)
     assert sorted(pulled) == ["archive", "lobby"]  # demo is disabled, phone is WHIP
     lobby, archive = pulled["lobby"], pulled["archive"]
-    assert lobby.fps == 0.5 and lobby.policy == "lower_fps" and lobby.retry
-    assert lobby.source_options["password"] == "hunter2" and lobby.source_options["rtsp_transport"] == "udp"
-    assert lobby.min_fps <= lobby.fps and lobby.backoff_max_s == 30
-    assert archive.policy == "wait" and archive.source_options["realtime"] is False  # backfill loses nothing
+    assert lobby.sample_fps == 0.5 and lobby.backpressure == "lower_fps" and lobby.retry
+    credentials = lobby.source.credentials
+    assert credentials is not None and credentials.password is not None
+    assert credentials.password.get_secret_value() == "hunter2" and lobby.source.transport == "udp"
+    assert lobby.min_fps <= lobby.sample_fps and lobby.settings.backoff_max_s == 30
+    assert archive.backpressure == "wait" and archive.source.realtime is False  # backfill loses nothing
     whip = specs_from_config(cfg, whip=True)
     assert list(whip) == ["phone"] and whip["phone"].url is None and not whip["phone"].retry
 

@@ -17,6 +17,7 @@ from flashlive.memory.server import (
     running_server_url,
     server_version,
 )
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
 
@@ -122,14 +123,16 @@ def test_failed_start_is_reported_and_leaves_nothing(tmp_path: Path, redis_serve
 
 
 async def test_open_memory_starts_or_attaches(tmp_path: Path) -> None:
-    async with open_memory(None, data_dir=tmp_path) as mem:
+    settings = RedisSettings(data_dir=str(tmp_path))
+    assert settings.embedded
+    async with open_memory(settings) as mem:
         url = running_server_url(tmp_path)
         assert url is not None
         await mem.set_state("cam", "live")
         pids = redis_pids_using(tmp_path)
         assert len(pids) == 1
         # a second user of the same data dir attaches instead of starting a second server
-        async with open_memory(None, data_dir=tmp_path) as other:
+        async with open_memory(settings) as other:
             assert await other.streams() == ["cam"]
             assert redis_pids_using(tmp_path) == pids
         assert alive(pids[0])

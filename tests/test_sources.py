@@ -18,7 +18,7 @@ import pytest
 from helpers import free_port, require
 from rtsp_fixture import RtspServer, gst_missing
 
-from flashlive.stream.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
+from flashlive.memory.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
 from flashlive.stream.sources import AVSource, Source, open_source
 from flashlive.stream.types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 

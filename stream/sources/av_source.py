@@ -23,7 +23,9 @@ import av
 import av.container.core
 import av.error
 
-from ..redact import redact, redact_text, url_secrets, with_credentials
+from flashlive.memory.redact import redact, redact_text, url_secrets, with_credentials
+
+from ..settings import SourceOptions
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 from .base import Source
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp"})
 NETWORK_SCHEMES = LIVE_SCHEMES | {"http", "https"}
 MAX_BAD_PACKETS = 50  # consecutive undecodable packets before a file counts as corrupt
+_DEFAULTS = SourceOptions()  # the options a configured stream has when its config leaves them out
 
 
 class _InterruptClock:
@@ -125,12 +128,12 @@ class AVSource(Source):
         *,
         name: str | None = None,
         live: bool | None = None,
-        realtime: bool = True,
+        realtime: bool = _DEFAULTS.realtime,
         speed: float = 1.0,
-        loop: bool = False,
-        rtsp_transport: str = "tcp",
-        open_timeout: float = 10.0,
-        read_timeout: float = 5.0,
+        loop: bool = _DEFAULTS.loop,
+        rtsp_transport: str = _DEFAULTS.transport,
+        open_timeout: float = _DEFAULTS.open_timeout_s,
+        read_timeout: float = _DEFAULTS.read_timeout_s,
         user: str | None = None,
         password: str | None = None,
         user_env: str | None = None,
