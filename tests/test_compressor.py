@@ -16,7 +16,7 @@ import pytest
 from helpers import ColourEncoder, ListMemory
 
 from flashlive.stream.clips import PendingClip
-from flashlive.stream.compressor import Compressor, CompressorClosed
+from flashlive.stream.compressor import Compressor, CompressorClosed, StreamRejected
 from flashlive.stream.metrics import Metrics
 from flashlive.stream.sampler import Sampler
 from flashlive.stream.settings import IngestSettings
@@ -184,6 +184,35 @@ async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> 
     await comp.close()
     with pytest.raises(CompressorClosed):
         await comp.submit(pending("cam", 8.0, 7))
+
+
+class BuggyEncoder(ColourEncoder):
+    """An encoder with a bug (not a bad batch): a TypeError, which the compressor does not swallow."""
+
+    def encode(self, clips: np.ndarray) -> np.ndarray:
+        raise TypeError("unsupported operand type(s)")
+
+
+async def test_a_bug_in_encoding_stops_every_stream_with_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    comp = Compressor(BuggyEncoder(), ListMemory())
+    comp.register("a", policy="wait")
+    comp.register("b", policy="skip")
+    await comp.submit(pending("a", 0.0, 1))
+    await asyncio.wait_for(comp.drain(), 5)  # returns: nothing will be encoded any more
+    for name in ("a", "b"):
+        with pytest.raises(StreamRejected, match="internal error in the compressor: TypeError"):
+            await comp.submit(pending(name, 4.0, 2))
+    assert "the compressor failed" in caplog.text and "unsupported operand" in caplog.text
+    await asyncio.wait_for(comp.close(), 5)
+
+
+async def test_register_takes_its_defaults_from_the_settings() -> None:
+    settings = IngestSettings(policy="skip", max_pending_clips=3, min_fps=0.5, fps=2.0)
+    comp = Compressor(ColourEncoder(), ListMemory(), settings=settings)
+    q = comp.register("x")
+    assert (q.policy, q.max_pending, q.min_fps, q.target_fps) == ("skip", 3, 0.5, 2.0)
+    assert comp.max_batch == settings.max_batch and comp.thumbnail_width == settings.thumbnail_width
+    await comp.close()
 
 
 async def test_register_checks_its_arguments() -> None:

@@ -21,8 +21,9 @@ from rtsp_fixture import RtspServer
 
 from flashlive.memory.errors import RangeOutsideMemoryError, UnknownStreamError
 from flashlive.memory.server import RedisServer
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
-from flashlive.memory.types import ClipInfo
+from flashlive.memory.types import ClipInfo, StreamState
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
 from flashlive.stream.ingest import Ingest
 from flashlive.stream.lifecycle import StreamSpec
@@ -47,7 +48,7 @@ def assert_monotonic(clips: list[ClipInfo]) -> None:
 
 
 async def test_file_backfill_clip_count_and_times_match_the_duration(
-    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
+    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory, redis_server: RedisServer
 ) -> None:
     path = tmp_path / "ten.mp4"
     media.write_video(path, seconds=10, fps=10, size=(96, 64))
@@ -76,6 +77,16 @@ async def test_file_backfill_clip_count_and_times_match_the_duration(
     assert not np.array_equal(window[0].tokens, window[1].tokens)
     meta = await memory.meta("ten")
     assert meta["state"] == "stopped" and meta["error"] == "" and meta["source"] == str(path)
+    # another process (its own client) reads the state and the metrics ingest left in memory
+    other = VideoMemory.from_settings(RedisSettings.from_dsn(redis_server.url, prefix=memory.prefix))
+    try:
+        status = await other.status("ten")
+    finally:
+        await other.close()
+    assert status.state == StreamState.STOPPED and status.error == "" and status.source == str(path)
+    assert (status.metrics.clips, status.metrics.frames_sampled, status.metrics.frames_in) == (3, 10, 100)
+    assert status.metrics.sample_fps == 1.0 and status.metrics.dropped_clips == 0
+    assert status.metrics == runner.metrics.counters()
 
 
 @pytest.mark.slow
@@ -107,6 +118,10 @@ async def test_rtsp_cadence_outage_and_recovery(
         assert all(abs((c.end - c.start) - 2.0) < 0.2 for c in got)
         assert all(abs(c.wall_start - c.start) < 1.0 for c in got)
         assert (await memory.meta("cam"))["state"] == "live"
+        # while live, the status and metrics in memory are refreshed every meta_interval_s (2 s)
+        status = await memory.status("cam")
+        assert status.state == StreamState.LIVE and time.time() - status.reported < 2 * 2.0 + 0.5
+        assert status.since <= t_live and status.metrics.frames_in > 0 and status.metrics.sample_fps == fps
 
         rtsp_server.stop()
         await runner.wait_state("retrying", timeout=10)
