@@ -230,6 +230,33 @@ async def test_close_interrupts_a_blocked_open(silent_server: int) -> None:
     assert await asyncio.wait_for(task, 1.0) == []
 
 
+async def test_pyav_clock_is_patched_only_while_a_decoder_runs(videos: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    import av.container.core
+
+    # importing the module changes nothing in PyAV (a fresh interpreter: nothing ran before it)
+    probe = (
+        "import time, av.container.core; import flashlive.stream.sources.av_source; "
+        "assert av.container.core.time is time, av.container.core.time"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    assert av.container.core.time is time
+    a = open_source(str(videos[".mp4"]), realtime=True)
+    b = open_source(str(videos[".mkv"]), realtime=False)
+    frames_a, frames_b = a.frames(), b.frames()
+    await anext(frames_a)
+    await anext(frames_b)
+    assert av.container.core.time is not time  # the interrupt clock, while decoders run
+    await a.close()
+    await frames_a.aclose()
+    assert av.container.core.time is not time  # b still decodes
+    assert len(await collect(b)) > 0
+    await b.close()
+    assert av.container.core.time is time  # the last one put the real clock back
+
+
 # ---- a real RTSP server -------------------------------------------------------------------------
 
 
