@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import media
 import pytest
@@ -242,19 +243,20 @@ async def test_pyav_clock_is_patched_only_while_a_decoder_runs(videos: dict[str,
         "assert av.container.core.time is time, av.container.core.time"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
-    assert av.container.core.time is time
+    core: Any = av.container.core
+    assert core.time is time
     a = open_source(str(videos[".mp4"]), realtime=True)
     b = open_source(str(videos[".mkv"]), realtime=False)
     frames_a, frames_b = a.frames(), b.frames()
     await anext(frames_a)
     await anext(frames_b)
-    assert av.container.core.time is not time  # the interrupt clock, while decoders run
+    assert core.time is not time  # the interrupt clock, while decoders run
     await a.close()
-    await frames_a.aclose()
-    assert av.container.core.time is not time  # b still decodes
+    await cast(AsyncGenerator[SourceFrame, None], frames_a).aclose()
+    assert core.time is not time  # b still decodes
     assert len(await collect(b)) > 0
     await b.close()
-    assert av.container.core.time is time  # the last one put the real clock back
+    assert core.time is time  # the last one put the real clock back
 
 
 # ---- a real RTSP server -------------------------------------------------------------------------
