@@ -35,6 +35,10 @@ class PromptTooLongError(PromptError):
     """The prompt does not fit the model's context."""
 
 
+class SamplingError(ModelError, ValueError):
+    """Sampling settings that cannot produce whole clips."""
+
+
 class VideoError(ModelError, ValueError):
     """The file cannot be used as a video (unreadable, empty, no video stream)."""
 

@@ -28,6 +28,7 @@ def test_demo_video_command_writes_a_decodable_file(tmp_path: Path) -> None:
     out = tmp_path / "demo.mp4"
     assert main(["demo-video", str(out), "--seconds", "8", "--fps", "5"]) == 0
     video = read_video(out)
-    assert video.frames.shape[0] == 8 and abs(video.duration - 8.0) < 0.3
+    # 40 frames, fewer than chat()'s minimum of 64, which drops to whole steps of them: all 40.
+    assert video.frames.shape[0] == 40 and abs(video.duration - 8.0) < 0.3
     assert _has_colour(video.frames[0], COLOURS["red"])
     assert main(["demo-video", str(out), "--seconds", "0"]) == 2

@@ -20,12 +20,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "ask-file",
         parents=parents,
         help="answer a question about a video file",
-        description="Decode VIDEO, sample ~1 fps into 4-frame clips, compress them and answer QUESTION.",
+        description="Decode VIDEO, sample its frames as the release's chat() does (~1 fps in whole steps, "
+        "at least --min-frames, at most --max-frames), compress them and answer QUESTION.",
     )
     p.add_argument("video", metavar="VIDEO")
     p.add_argument("question", metavar="QUESTION")
     add_model_args(p)
-    p.add_argument("--max-frames", type=int, default=None, help="frame budget (default: the model's, 512)")
+    add_sampling_args(p)
     add_dropout_args(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -40,6 +41,35 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=_MODEL.device, help=f"{DEVICE_RULE} (default {_MODEL.device})")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--download", action="store_true", help="fetch a repo id's weights if not cached")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from flashlive.model.sampling import CHAT_SAMPLING
+
+    p.add_argument(
+        "--max-frames", type=int, default=None, help="frame budget (default: the model's; 512 for releases)"
+    )
+    p.add_argument(
+        "--min-frames",
+        type=int,
+        default=CHAT_SAMPLING.min_frames,
+        help="frames taken even from short videos; wins over --max-frames "
+        f"(default {CHAT_SAMPLING.min_frames})",
+    )
+    p.add_argument(
+        "--frame-step",
+        type=int,
+        default=CHAT_SAMPLING.step,
+        help=f"frame counts come in whole steps: {CHAT_SAMPLING.step} in chat(), 4 in training "
+        f"(default {CHAT_SAMPLING.step})",
+    )
+
+
+def parse_sampling(args: argparse.Namespace, model_max_frames: int) -> Any:
+    from flashlive.model.sampling import FrameSampling
+
+    max_frames = args.max_frames if args.max_frames is not None else model_max_frames
+    return FrameSampling(min_frames=args.min_frames, max_frames=max_frames, step=args.frame_step)
 
 
 def add_dropout_args(p: argparse.ArgumentParser) -> None:
@@ -81,14 +111,15 @@ def ask_file(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         encoder = load_tower_encoder(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        sampling = parse_sampling(args, encoder.cfg.max_frames)
+        sampling.check(encoder.clip_frames)  # before the LLM loads: a bad number should fail fast
         answerer = Answerer.load(args.model, device=args.device, dtype=args.dtype, download=args.download)
         timings["load"] = time.perf_counter() - t0
         dropout = parse_dropout(args, answerer.cfg.dropout)
         if dropout is not None:
             check_dropout(dropout, answerer.cfg.llm.num_hidden_layers)
         t0 = time.perf_counter()
-        max_frames = args.max_frames if args.max_frames is not None else answerer.cfg.max_frames
-        video = read_video(args.video, clip_frames=encoder.clip_frames, max_frames=max_frames)
+        video = read_video(args.video, clip_frames=encoder.clip_frames, sampling=sampling)
         timings["decode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         n = len(video.frames) // encoder.clip_frames
@@ -120,6 +151,7 @@ def ask_file(args: argparse.Namespace) -> int:
             "model": answerer.cfg.name,
             "frames": len(video.frames),
             "duration": round(video.duration, 3),
+            "sampling": vars(sampling),
             "clips": result.clips,
             "visual_tokens": result.visual_tokens,
             "visual_tokens_kept": result.visual_kept,
