@@ -1,0 +1,1 @@
+../../flashlive/__init__.py

@@ -1,0 +1,1 @@
+../../flashlive/__main__.py

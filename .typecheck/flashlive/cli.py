@@ -1,0 +1,1 @@
+../../flashlive/cli.py

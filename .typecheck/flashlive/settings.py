@@ -1,0 +1,1 @@
+../../flashlive/settings.py
