@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from flashlive import __version__
 from flashlive.errors import CommandError
-from flashlive.settings import REDIS_URL_ENV
+from flashlive.memory.settings import REDIS_URL_ENV
 
 # each defines register(subparsers, parents), which adds its subcommands
 COMMAND_MODULES = (

@@ -55,5 +55,9 @@ class OutOfOrderClipError(MemoryStoreError):
     """A clip that does not start after the stream's newest clip (and is not a retry of one)."""
 
 
+class MemoryUnavailableError(MemoryStoreError, ConnectionError):
+    """Redis cannot be reached for a call that is not buffered (appends are: they never raise this)."""
+
+
 class CorruptEntryError(MemoryStoreError):
     """A stored entry that cannot be decoded (missing or wrong-length token bytes, bad fields)."""

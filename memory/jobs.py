@@ -45,6 +45,7 @@ from flashlive.memory.messages import (
     Piece,
 )
 from flashlive.memory.queue_scripts import BEGIN, CANCEL, FINISH, PIECE, TOUCH
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import make_client
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,13 @@ class JobQueue:
         self._group_ready = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> JobQueue:
-        return cls(make_client(url), owns_client=True, **kwargs)
+    def from_settings(cls, settings: RedisSettings, **kwargs: Any) -> JobQueue:
+        """A queue on `settings.url` with `settings.prefix`, owning its connection pool."""
+        return cls(make_client(settings), prefix=settings.prefix, owns_client=True, **kwargs)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> JobQueue:
+        return cls.from_settings(RedisSettings.from_dsn(url, prefix=prefix), **kwargs)
 
     def keys(self, job: str) -> JobKeys:
         return JobKeys(self.prefix, job)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from flashlive.memory.errors import InvalidRequestError
 
 DEFAULT_PREFIX = "fl"
+# The one stream-name rule: the memory's keys, the config's stream names and WHIP URLs all use it.
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RULE = "use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 # Entry ids are "<start ms>-1": Redis refuses the id 0-0, and a file that starts at 0 s needs one.
 ENTRY_SEQ = 1
 MAX_ID_MS = 2**53  # times are floats: beyond this their milliseconds are not exact
@@ -50,10 +51,7 @@ def streams_key(prefix: str) -> str:
 
 def check_stream_name(name: object) -> str:
     if not isinstance(name, str) or not STREAM_NAME.match(name):
-        raise InvalidRequestError(
-            f"bad stream name {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit"
-        )
+        raise InvalidRequestError(f"bad stream name {name!r}: {NAME_RULE}")
     return name
 
 
@@ -86,26 +84,6 @@ def range_ids(start: float | None, end: float | None) -> tuple[str, str]:
         return lo, "+"
     hi_ms = time_to_ms(end) - 1  # "<ms>" alone means <ms>-<max seq>: inclusive of that millisecond
     return lo, str(hi_ms) if hi_ms >= 0 else "0-0"
-
-
-def strip_credentials(source: str) -> str:
-    """rtsp://user:pass@cam/x -> rtsp://cam/x; secrets in the query string are dropped too."""
-    try:
-        parts = urlsplit(source)
-    except ValueError:
-        return source
-    if not parts.scheme or not parts.netloc:
-        return source
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    query = "&".join(
-        kv
-        for kv in parts.query.split("&")
-        if kv and not re.match(r"(?i)(token|key|secret|pass(word)?|auth|sig(nature)?)=", kv)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # -- query workers: jobs, results, watches, events (docs/workers.md) ------------------------------

@@ -33,6 +33,7 @@ from flashlive.model.config import (
     VisionConfig,
     get_preset,
 )
+from flashlive.model.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ SINGLE_FILE = "model.safetensors"
 RELEASED_TOWERS = {224: "umt-large", 448: "umt-hd-large"}  # the names the released configs carry
 SUPPORTED_PROJECTOR = "tome16_mlp_hd64"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be found or does not fit the model; the message names the file or key."""
 
 
 # ---------------------------------------------------------------- locating
@@ -450,14 +447,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if device == "cpu" and dtype != "fp32":
         log.warning("computing in %s on the CPU is several times slower than fp32", dtype)
     return DTYPES[dtype]
-
-
-def resolve_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} asked for, but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CheckpointError(f"unknown device {device!r}; use cpu or cuda[:N]")
-    return device
 
 
 def preset_or_dir(spec: str, *, download: bool = False) -> tuple[FlashConfig, Path | None]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from flashlive.model.errors import UnknownPresetError
+
 DROPOUT_MODES = ("uniform", "attention", "uniform0_attention", "uniform1_attention")
 
 
@@ -170,10 +172,6 @@ PRESETS: dict[str, FlashConfig] = {
         max_frames=10_000,
     ),
 }
-
-
-class UnknownPresetError(ValueError):
-    pass
 
 
 def get_preset(name: str) -> FlashConfig:

@@ -22,11 +22,11 @@ from flashlive.model.checkpoint import (
     preset_or_dir,
     projector_key,
     read_tensors,
-    resolve_device,
     resolve_dtype,
     tower_key,
 )
 from flashlive.model.config import FlashConfig
+from flashlive.model.device import resolve_device
 from flashlive.model.merge import hico_merge
 from flashlive.model.preprocess import preprocess_clips
 from flashlive.model.projector import Projector

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class SamplingError(ValueError):
-    """Sampling settings that cannot produce whole clips."""
+from flashlive.model.errors import SamplingError
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flashlive.model.errors import VideoError
 from flashlive.model.sampling import CHAT_SAMPLING, FrameSampling, SamplingError, sample_frames
 
 log = logging.getLogger(__name__)
-
-
-class VideoError(ValueError):
-    """The file cannot be used as a video (unreadable, empty, no video stream)."""
 
 
 @dataclass

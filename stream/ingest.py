@@ -1,6 +1,6 @@
 """Run many streams in one process: one task per stream, one compressor (worker thread) per device.
 
-    async with Ingest(encoder, memory) as ingest:
+    async with Ingest(encoder, memory, IngestSettings()) as ingest:
         ingest.start_stream(StreamSpec("lobby", "rtsp://cam/1"))
         await ingest.wait()
 
@@ -24,6 +24,7 @@ from flashlive.model.encoder import ClipEncoder
 from .compressor import ClipSink, Compressor
 from .lifecycle import StateSink, StreamRunner, StreamSpec
 from .metrics import Metrics
+from .settings import IngestSettings
 from .sources.base import Source
 from .types import SourceInvalid
 
@@ -38,21 +39,22 @@ class IngestMemory(ClipSink, StateSink, Protocol):
 
 
 class Ingest:
+    """The streams of one process. `settings` (the config's `ingest` section) gives the encoder batch
+    and thumbnails, and the defaults of WHIP streams that arrive without a spec of their own."""
+
     def __init__(
         self,
         encoder: ClipEncoder,
         memory: IngestMemory | Any,
+        settings: IngestSettings | None = None,
         *,
         metrics: Metrics | None = None,
-        max_batch: int = 8,
-        thumbnail_width: int = 160,
     ) -> None:
         self.encoder = encoder
         self.memory = memory
+        self.settings = settings or IngestSettings()
         self.metrics = metrics or Metrics()
-        self.compressor = Compressor(
-            encoder, memory, self.metrics, max_batch=max_batch, thumbnail_width=thumbnail_width
-        )
+        self.compressor = Compressor(encoder, memory, self.metrics, settings=self.settings)
         self.runners: dict[str, StreamRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -97,9 +99,9 @@ class Ingest:
                 return handed.pop()
             if spec.url is None:
                 raise SourceInvalid(f"{spec.name}: the session ended and cannot be reopened")
-            from .sources import open_source
+            from .sources import source_from_options
 
-            return open_source(spec.url, **spec.source_options)
+            return source_from_options(spec.url, spec.name, spec.source)
 
         return open_it
 
@@ -114,9 +116,8 @@ class Ingest:
 
         if self.running(name):
             raise WhipRejected(409, f"stream {name!r} already has a publisher")
-        spec = dataclasses.replace(spec) if spec is not None else StreamSpec(name)
-        spec.retry = False  # the publisher reconnects, not us
-        self.start_stream(spec, source)
+        spec = spec or StreamSpec(name, settings=self.settings)
+        self.start_stream(dataclasses.replace(spec, retry=False), source)  # the publisher reconnects
 
     def whip_app(
         self, *, token: str | None = None, prefix: str = "", streams: Mapping[str, StreamSpec] | None = None

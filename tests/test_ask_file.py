@@ -105,6 +105,7 @@ def test_ask_file_streams_text_without_json(video: Path) -> None:
     assert proc.stdout.endswith("\n") and len(proc.stdout.strip()) > 0
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line(
     video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,9 +16,10 @@ import pytest
 from helpers import ColourEncoder, ListMemory
 
 from flashlive.stream.clips import PendingClip
-from flashlive.stream.compressor import Compressor, CompressorClosed
+from flashlive.stream.compressor import Compressor, CompressorClosed, StreamRejected
 from flashlive.stream.metrics import Metrics
 from flashlive.stream.sampler import Sampler
+from flashlive.stream.settings import IngestSettings
 
 
 def pending(stream: str, t: float, value: int, step: float = 1.0, real: int = 4) -> PendingClip:
@@ -48,7 +49,7 @@ async def test_clip_fields_tokens_and_thumbnail() -> None:
 async def test_batches_mix_streams_round_robin() -> None:
     mem, enc = ListMemory(), ColourEncoder()
     enc.gate = threading.Event()
-    comp = Compressor(enc, mem, max_batch=8)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=8))
     for name in ("a", "b", "c"):
         comp.register(name, policy="wait", max_pending=8)
     await comp.submit(pending("a", 0.0, 1))  # taken alone: the encoder then blocks on the gate
@@ -113,7 +114,7 @@ async def test_event_loop_keeps_running_while_encoding() -> None:
 async def test_skip_policy_bounds_the_queue_and_counts_drops() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.05)
     metrics = Metrics()
-    comp = Compressor(enc, mem, metrics, max_batch=1)
+    comp = Compressor(enc, mem, metrics, settings=IngestSettings(max_batch=1))
     comp.register("cam", policy="skip", max_pending=3)
     seen_pending, seen_lag = [], []
     for k in range(40):  # clips arrive every 5 ms, the encoder needs 50 ms each
@@ -135,7 +136,7 @@ async def test_skip_policy_bounds_the_queue_and_counts_drops() -> None:
 
 async def test_lower_fps_policy_reduces_then_restores_the_rate() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.05)
-    comp = Compressor(enc, mem, max_batch=1)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=1))
     sampler = Sampler(1.0)
     comp.register("cam", policy="lower_fps", max_pending=4, sampler=sampler, min_fps=0.25)
     rates = []
@@ -157,7 +158,7 @@ async def test_lower_fps_policy_reduces_then_restores_the_rate() -> None:
 
 async def test_wait_policy_loses_nothing_and_blocks_the_producer() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.02)
-    comp = Compressor(enc, mem, max_batch=2)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=2))
     comp.register("file", policy="wait", max_pending=2)
     for k in range(12):
         await comp.submit(pending("file", 4.0 * k, k))
@@ -170,7 +171,7 @@ async def test_wait_policy_loses_nothing_and_blocks_the_producer() -> None:
 
 async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> None:
     mem, enc = ListMemory(), ColourEncoder(fail_on=5)
-    comp = Compressor(enc, mem, max_batch=1)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=1))
     comp.register("cam", policy="wait")
     await comp.submit(pending("cam", 0.0, 5))
     await comp.drain()
@@ -183,6 +184,35 @@ async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> 
     await comp.close()
     with pytest.raises(CompressorClosed):
         await comp.submit(pending("cam", 8.0, 7))
+
+
+class BuggyEncoder(ColourEncoder):
+    """An encoder with a bug (not a bad batch): a TypeError, which the compressor does not swallow."""
+
+    def encode(self, clips: np.ndarray) -> np.ndarray:
+        raise TypeError("unsupported operand type(s)")
+
+
+async def test_a_bug_in_encoding_stops_every_stream_with_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    comp = Compressor(BuggyEncoder(), ListMemory())
+    comp.register("a", policy="wait")
+    comp.register("b", policy="skip")
+    await comp.submit(pending("a", 0.0, 1))
+    await asyncio.wait_for(comp.drain(), 5)  # returns: nothing will be encoded any more
+    for name in ("a", "b"):
+        with pytest.raises(StreamRejected, match="internal error in the compressor: TypeError"):
+            await comp.submit(pending(name, 4.0, 2))
+    assert "the compressor failed" in caplog.text and "unsupported operand" in caplog.text
+    await asyncio.wait_for(comp.close(), 5)
+
+
+async def test_register_takes_its_defaults_from_the_settings() -> None:
+    settings = IngestSettings(policy="skip", max_pending_clips=3, min_fps=0.5, fps=2.0)
+    comp = Compressor(ColourEncoder(), ListMemory(), settings=settings)
+    q = comp.register("x")
+    assert (q.policy, q.max_pending, q.min_fps, q.target_fps) == ("skip", 3, 0.5, 2.0)
+    assert comp.max_batch == settings.max_batch and comp.thumbnail_width == settings.thumbnail_width
+    await comp.close()
 
 
 async def test_register_checks_its_arguments() -> None:

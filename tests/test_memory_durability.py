@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from flashlive.memory.server import RedisServer
-from flashlive.memory.store import AppendStatus, Retention, VideoMemory
+from flashlive.memory.settings import Retention
+from flashlive.memory.store import AppendStatus, VideoMemory
 from flashlive.memory.types import Clip
 
 ENC = "tiny@224/tome16_mlp_hd64"
@@ -40,7 +41,7 @@ async def actual_bytes(memory: VideoMemory, stream: str) -> int:
 
 async def test_time_window_keeps_exactly_the_window(redis_server: RedisServer) -> None:
     mem = VideoMemory.from_url(
-        redis_server.url, prefix=f"r{uuid.uuid4().hex[:8]}", retention=Retention(600.0, 0)
+        redis_server.url, prefix=f"r{uuid.uuid4().hex[:8]}", retention=Retention(seconds=600.0)
     )
     try:
         for i in range(600):
@@ -63,7 +64,8 @@ async def test_byte_cap_under_concurrent_appenders(redis_server: RedisServer) ->
     prefix = f"r{uuid.uuid4().hex[:8]}"
     cap = 40 * 1024 + 40 * 300
     writers = [
-        VideoMemory.from_url(redis_server.url, prefix=prefix, retention=Retention(0, cap)) for _ in range(2)
+        VideoMemory.from_url(redis_server.url, prefix=prefix, retention=Retention(max_bytes=cap))
+        for _ in range(2)
     ]
     sizes: dict[str, list[int]] = {}
 

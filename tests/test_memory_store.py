@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import unique_prefix
+from pydantic import ValidationError
 
+from flashlive.config import FlashliveConfig
 from flashlive.memory.errors import (
     CorruptEntryError,
     EncoderMismatchError,
@@ -22,8 +25,9 @@ from flashlive.memory.errors import (
 from flashlive.memory.keys import StreamKeys
 from flashlive.memory.sampling import MAX_BUDGET, uniform_indices
 from flashlive.memory.server import RedisServer
-from flashlive.memory.store import AppendStatus, Retention, VideoMemory
-from flashlive.memory.types import Clip
+from flashlive.memory.settings import RedisSettings, Retention
+from flashlive.memory.store import AppendStatus, VideoMemory
+from flashlive.memory.types import Clip, IngestCounters, StreamState
 
 ENC = "tiny@224/tome16_mlp_hd64"
 CLIP_S = 4.0  # one 4-frame clip per 4 s at 1 fps
@@ -268,8 +272,9 @@ async def test_state_meta_delete(memory: VideoMemory) -> None:
     )
     meta = await memory.meta("door")
     assert meta["state"] == "connecting"
-    assert meta["source"] == "rtsp://10.0.0.5:554/live?ch=1"
-    assert "hunter2" not in str(meta)
+    # the user, the password and the token are gone; the rest of the URL stays for the operator
+    assert meta["source"] == "rtsp://***:***@10.0.0.5:554/live?token=***&ch=1"
+    assert not any(secret in str(meta) for secret in ("hunter2", "admin", "abc"))
     with pytest.raises(RangeOutsideMemoryError, match="no clips yet"):
         await memory.read_window("door", encoder_id=ENC, last=60.0)
     await memory.set_state("door", "live", fps=1.0)
@@ -288,10 +293,50 @@ async def test_state_meta_delete(memory: VideoMemory) -> None:
     assert (await memory.stats("door")).encoder_id == "new-model"
 
 
-async def test_retention_defaults() -> None:
+async def test_retention_defaults_keep_everything_like_the_config(redis_server: RedisServer) -> None:
     r = Retention()
-    assert (r.seconds, r.max_bytes) == (86_400.0, 2 * 1024**3)
-    with pytest.raises(InvalidRequestError):
-        Retention(seconds=-1.0)
-    with pytest.raises(InvalidRequestError):
-        Retention(max_bytes=-5)
+    assert (r.seconds, r.max_bytes) == (None, None) and r.script_args == (0, 0)
+    assert FlashliveConfig().memory.retention == r  # one default: a memory built without settings agrees
+    for bad in ({"seconds": -1.0}, {"seconds": 0}, {"seconds": float("inf")}, {"max_bytes": -5}):
+        with pytest.raises(ValidationError, match=r"greater than 0|finite"):
+            Retention.model_validate(bad)
+    # a memory given no retention trims nothing, however old or large its clips
+    mem = VideoMemory.from_settings(RedisSettings.from_dsn(redis_server.url, prefix=unique_prefix()))
+    try:
+        assert mem.retention == r
+        for i in (0, 10_000, 10**6):  # up to 46 days apart
+            await mem.append(make_clip("old", i))
+        stats = await mem.stats("old")
+        assert (stats.clips, stats.trimmed_clips) == (3, 0)
+    finally:
+        await mem.close()
+
+
+async def test_status_and_metrics_are_read_by_another_client(redis_server: RedisServer) -> None:
+    settings = RedisSettings.from_dsn(redis_server.url, prefix=unique_prefix())
+    writer, reader = VideoMemory.from_settings(settings), VideoMemory.from_settings(settings)
+    try:
+        with pytest.raises(UnknownStreamError):
+            await reader.status("lobby")
+        counters = IngestCounters(frames_in=300, clips=7, dropped_clips=2, lag_s=1.25, sample_fps=0.5)
+        await writer.set_state(
+            "lobby",
+            StreamState.RETRYING,
+            since=1000.5,
+            source="rtsp://u:pw@cam/1",
+            error="lost",
+            metrics=counters,
+        )
+        status = await reader.status("lobby")
+        assert (status.state, status.since, status.error) == (StreamState.RETRYING, 1000.5, "lost")
+        assert status.source == "rtsp://***:***@cam/1" and status.reported > status.since
+        assert status.metrics == counters
+        # a report without metrics (a stream that never got going) reads as zeros, not an error
+        await writer.set_state("door", "connecting")
+        assert (await reader.status("door")).metrics == IngestCounters()
+        await writer.client.hset(writer.keys("door").meta, "metrics", "{broken")
+        with pytest.raises(CorruptEntryError, match="door"):
+            await reader.status("door")
+    finally:
+        await writer.close()
+        await reader.close()

@@ -12,13 +12,14 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import media
 import pytest
 from helpers import free_port, require
 from rtsp_fixture import RtspServer, gst_missing
 
-from flashlive.stream.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
+from flashlive.memory.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
 from flashlive.stream.sources import AVSource, Source, open_source
 from flashlive.stream.types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 
@@ -228,6 +229,34 @@ async def test_close_interrupts_a_blocked_open(silent_server: int) -> None:
     assert time.monotonic() - start < 1.0
     assert source._thread is not None and not source._thread.is_alive()
     assert await asyncio.wait_for(task, 1.0) == []
+
+
+async def test_pyav_clock_is_patched_only_while_a_decoder_runs(videos: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    import av.container.core
+
+    # importing the module changes nothing in PyAV (a fresh interpreter: nothing ran before it)
+    probe = (
+        "import time, av.container.core; import flashlive.stream.sources.av_source; "
+        "assert av.container.core.time is time, av.container.core.time"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    core: Any = av.container.core
+    assert core.time is time
+    a = open_source(str(videos[".mp4"]), realtime=True)
+    b = open_source(str(videos[".mkv"]), realtime=False)
+    frames_a, frames_b = a.frames(), b.frames()
+    await anext(frames_a)
+    await anext(frames_b)
+    assert core.time is not time  # the interrupt clock, while decoders run
+    await a.close()
+    await cast(AsyncGenerator[SourceFrame, None], frames_a).aclose()
+    assert core.time is not time  # b still decodes
+    assert len(await collect(b)) > 0
+    await b.close()
+    assert core.time is time  # the last one put the real clock back
 
 
 # ---- a real RTSP server -------------------------------------------------------------------------

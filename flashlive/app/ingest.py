@@ -8,78 +8,39 @@ import signal
 import sys
 from typing import Any
 
-from flashlive.config import FlashliveConfig, IngestConfig, StreamConfig
+from flashlive.config import FlashliveConfig
 from flashlive.errors import CommandError
-from flashlive.stream.compressor import Policy
+from flashlive.memory.settings import RedisSettings
 from flashlive.stream.lifecycle import StreamSpec
-
-
-def spec_from_config(name: str, stream: StreamConfig, defaults: IngestConfig | None = None) -> StreamSpec:
-    """A StreamSpec for one `streams.NAME` entry of the config file."""
-    d = defaults or IngestConfig()
-    options: dict[str, Any] = {"name": name}
-    if stream.url:
-        options.update(
-            realtime=stream.realtime,
-            loop=stream.loop,
-            rtsp_transport=stream.transport,
-            open_timeout=stream.open_timeout_s,
-            read_timeout=stream.read_timeout_s,
-        )
-        if stream.credentials is not None:
-            if stream.credentials.user is not None:
-                options["user"] = stream.credentials.user
-            if stream.credentials.password is not None:
-                options["password"] = stream.credentials.password.get_secret_value()
-    backfill = bool(stream.url) and not stream.realtime
-    policy: Policy = stream.policy or ("wait" if backfill else d.policy)
-    return StreamSpec(
-        name=name,
-        url=stream.url if stream.url else None,
-        source_options=options,
-        fps=stream.fps or d.fps,
-        policy=policy,
-        max_pending=d.max_pending_clips,
-        min_fps=min(d.min_fps, stream.fps or d.fps),
-        max_side=d.max_side,
-        retry=not stream.whip,
-        backoff_initial_s=d.backoff_initial_s,
-        backoff_max_s=d.backoff_max_s,
-    )
 
 
 def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, StreamSpec]:
     """Specs of the enabled streams: pulled ones (`whip=False`) or WHIP ones (`whip=True`, for
     `Ingest.whip_app(streams=...)`: they start when a publisher connects)."""
     return {
-        name: spec_from_config(name, s, cfg.ingest)
+        name: StreamSpec.from_settings(name, s, cfg.ingest)
         for name, s in cfg.streams.items()
         if s.enabled and s.whip == whip
     }
 
 
-async def run_ingest(cfg: FlashliveConfig, redis_url: str | None, *, progress: bool = True) -> int:
-    """Ingest every enabled pulled stream of `cfg` until they end or SIGINT/SIGTERM; 1 if any failed."""
+async def run_ingest(cfg: FlashliveConfig, redis: RedisSettings, *, progress: bool = True) -> int:
+    """Ingest every enabled stream of `cfg` (pulled ones, and WHIP ones served on ingest.whip_listen)
+    until they end or SIGINT/SIGTERM, into the memory `redis` reaches; 1 if any stream failed."""
     from flashlive.memory.connect import open_memory
-    from flashlive.memory.store import Retention
     from flashlive.model.encoder import load_clip_encoder
+    from flashlive.model.errors import ModelError
     from flashlive.stream.ingest import Ingest
 
-    retention = Retention(
-        seconds=cfg.memory.retention_s or 0.0, max_bytes=cfg.memory.max_bytes or 0
-    )  # 0: that limit is off
     try:
-        encoder = await asyncio.to_thread(load_clip_encoder, cfg.model.name, cfg.model.device)
-    except Exception as exc:
+        encoder = await asyncio.to_thread(load_clip_encoder, cfg.model)
+    except (ModelError, OSError) as exc:
         raise CommandError(f"cannot load model {cfg.model.name!r}: {exc}") from None
     specs = specs_from_config(cfg)
     whip_specs = specs_from_config(cfg, whip=True)
-    url = redis_url or cfg.memory.redis_url
     async with (
-        open_memory(url, data_dir=cfg.memory.data_dir, retention=retention) as memory,
-        Ingest(
-            encoder, memory, max_batch=cfg.model.max_batch, thumbnail_width=cfg.ingest.thumbnail_width
-        ) as ingest,
+        open_memory(redis, retention=cfg.memory.retention) as memory,
+        Ingest(encoder, memory, cfg.ingest) as ingest,
     ):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -129,16 +90,18 @@ async def _progress(ingest: Any) -> None:
     """One tqdm bar per backfilled file, driven by the source's progress through the file."""
     from tqdm import tqdm
 
+    from flashlive.memory.types import StreamState
+
     bars: dict[str, Any] = {}
     try:
         while True:
             for name, runner in ingest.runners.items():
-                if name in bars and runner.state == "stopped":
+                if name in bars and runner.state == StreamState.STOPPED:
                     bars[name].n = bars[name].total
                     bars[name].refresh()
                     continue
                 source = runner.source
-                if source is None or source.live or runner.spec.source_options.get("realtime", True):
+                if source is None or source.live or runner.spec.source.realtime:
                     continue
                 fraction = source.progress.fraction
                 if fraction is None:

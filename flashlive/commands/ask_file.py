@@ -9,6 +9,10 @@ import time
 from typing import Any
 
 from flashlive.errors import CommandError
+from flashlive.model.device import DEVICE_RULE
+from flashlive.model.settings import ModelSettings
+
+_MODEL = ModelSettings()  # the defaults of --model and --device
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -33,8 +37,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="preset name, checkpoint directory or HF repo id")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--model", default=_MODEL.name, help="preset name, checkpoint directory or HF repo id")
+    p.add_argument("--device", default=_MODEL.device, help=f"{DEVICE_RULE} (default {_MODEL.device})")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--download", action="store_true", help="fetch a repo id's weights if not cached")
 
@@ -98,11 +102,10 @@ def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
 
 def ask_file(args: argparse.Namespace) -> int:
     from flashlive.model.answer import Answerer
-    from flashlive.model.checkpoint import CheckpointError
-    from flashlive.model.dropout import DropoutError, check_dropout
+    from flashlive.model.dropout import check_dropout
+    from flashlive.model.errors import ModelError
     from flashlive.model.pipeline import load_tower_encoder
-    from flashlive.model.prompt import PromptError
-    from flashlive.model.video import VideoError, read_video
+    from flashlive.model.video import read_video
 
     timings: dict[str, float] = {}
     try:
@@ -138,7 +141,7 @@ def ask_file(args: argparse.Namespace) -> int:
             if not args.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-    except (VideoError, CheckpointError, PromptError, DropoutError, ValueError) as exc:
+    except (ModelError, ValueError) as exc:  # ValueError: a bad --max-frames or sampling setting
         raise CommandError(str(exc)) from None
     result = stream.result
     timings.update(result.timings)

@@ -8,9 +8,13 @@ import os
 from typing import Any
 
 from flashlive.commands.check_config import load_config_or_fail
-from flashlive.config import FlashliveConfig, StreamConfig
+from flashlive.commands.options import redis_settings
+from flashlive.config import ConfigError, FlashliveConfig, config_from_data
 from flashlive.errors import CommandError
-from flashlive.settings import redis_url_from_env
+from flashlive.model.device import DEVICE_RULE
+from flashlive.stream.settings import POLICIES, IngestSettings, SourceOptions
+
+_INGEST, _SOURCE = IngestSettings(), SourceOptions()  # for the defaults shown in --help
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -25,8 +29,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", help="stream name in memory (default: from the URL)")
     p.add_argument("--config", metavar="FILE", help="a flashlive YAML config: ingest every stream it names")
     p.add_argument("--model", help="model preset, checkpoint dir or repo id (default: tiny, or the config's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu, or the config's)")
-    p.add_argument("--fps", type=float, help="frames sampled per second (default 1)")
+    p.add_argument("--device", help=f"{DEVICE_RULE} (default: the config's, else cpu)")
+    p.add_argument("--fps", type=float, help=f"frames sampled per second (default {_INGEST.fps:g})")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--realtime", dest="realtime", action="store_true", default=None, help="pace files in real time"
@@ -36,65 +40,66 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--loop", action="store_true", help="loop a file (a demo camera)")
     p.add_argument(
-        "--policy",
-        choices=("lower_fps", "skip", "wait"),
-        help="when encoding falls behind (default lower_fps)",
+        "--policy", choices=POLICIES, help=f"when encoding falls behind (default {_INGEST.policy})"
     )
-    p.add_argument("--transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport (default tcp)")
+    p.add_argument(
+        "--transport", choices=("tcp", "udp"), help=f"RTSP transport (default {_SOURCE.transport})"
+    )
     p.add_argument("--user", help="source user name (prefer --config with ${ENV} for secrets)")
     p.add_argument("--password-env", metavar="VAR", help="environment variable holding the source password")
-    p.add_argument("--max-batch", type=int, help="clips per encoder batch (default 8)")
+    p.add_argument("--max-batch", type=int, help=f"clips per encoder batch (default {_INGEST.max_batch})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for file backfill")
     p.set_defaults(handler=ingest_command)
 
 
 def _config_from_args(args: argparse.Namespace) -> FlashliveConfig:
-    """One-stream config from the command line (so both paths share the same validation)."""
+    """The config to run: --config FILE, or one stream from the URL, with the command line's choices
+    applied. Both go through the config's validation, so a bad value is one line naming the setting."""
     if args.config:
         if args.url:
             raise CommandError("give either a URL or --config, not both")
-        cfg = load_config_or_fail(args.config)
+        data = load_config_or_fail(args.config).model_dump()
+        source = f"{args.config} with the command line"
     else:
         if not args.url:
             raise CommandError("give a URL to ingest (or --config FILE)")
         from flashlive.stream.sources.av_source import default_name
 
-        password = None
-        if args.password_env:
-            password = os.environ.get(args.password_env)
-            if password is None:
-                raise CommandError(f"environment variable {args.password_env} is not set")
-        credentials = None
-        if args.user or password:
-            credentials = {"user": args.user, "password": password}
-        stream: dict[str, Any] = {"url": args.url, "transport": args.transport, "loop": args.loop}
-        if credentials:
-            stream["credentials"] = credentials
-        try:
-            cfg = FlashliveConfig.model_validate({"streams": {args.name or default_name(args.url): stream}})
-        except Exception as exc:
-            raise CommandError(str(exc)) from None
-    overrides: dict[str, Any] = {}
-    if args.fps is not None:
-        overrides["fps"] = args.fps
-    if args.realtime is not None:
-        overrides["realtime"] = args.realtime
-    if args.policy:
-        overrides["policy"] = args.policy
+        data = {"streams": {args.name or default_name(args.url): _stream_from_args(args)}}
+        source = "the command line"
+    overrides = {
+        key: value
+        for key, value in (("fps", args.fps), ("realtime", args.realtime), ("policy", args.policy))
+        if value is not None
+    }
+    data["streams"] = {name: {**stream, **overrides} for name, stream in data["streams"].items()}
+    _set(data, "model", name=args.model, device=args.device)
+    _set(data, "ingest", max_batch=args.max_batch)
     try:
-        cfg.streams = {
-            name: StreamConfig.model_validate({**s.model_dump(), **overrides})
-            for name, s in cfg.streams.items()
-        }
-    except Exception as exc:
-        raise CommandError(str(exc)) from None
-    if args.model:
-        cfg.model.name = args.model
-    if args.device:
-        cfg.model.device = args.device
-    if args.max_batch:
-        cfg.model.max_batch = args.max_batch
-    return cfg
+        return config_from_data(data, source=source)
+    except ConfigError as exc:
+        raise CommandError(f"{len(exc.problems)} problem(s) in the settings:\n{exc}") from None
+
+
+def _stream_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    stream: dict[str, Any] = {"url": args.url, "loop": args.loop}
+    if args.transport:
+        stream["transport"] = args.transport
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise CommandError(f"environment variable {args.password_env} is not set")
+    if args.user or password:
+        stream["credentials"] = {"user": args.user, "password": password}
+    return stream
+
+
+def _set(data: dict[str, Any], section: str, **values: object) -> None:
+    """Put the options the command line gave (not None) into `section` of the config data."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if given:
+        data[section] = {**data.get(section, {}), **given}
 
 
 def ingest_command(args: argparse.Namespace) -> int:
@@ -103,4 +108,5 @@ def ingest_command(args: argparse.Namespace) -> int:
         raise CommandError("no enabled stream in the config")
     from flashlive.app.ingest import run_ingest
 
-    return asyncio.run(run_ingest(cfg, redis_url_from_env(args.redis), progress=not args.no_progress))
+    redis = redis_settings(args, cfg.memory.redis)
+    return asyncio.run(run_ingest(cfg, redis, progress=not args.no_progress))

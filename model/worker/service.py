@@ -64,6 +64,7 @@ from flashlive.memory.messages import (
     Timings,
     parse_job,
 )
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import CONNECTION_ERRORS, VideoMemory, make_client
 from flashlive.memory.types import Clip
 from flashlive.memory.watches import DEFAULT_TICK_LEASE, TickScheduler, WatchStore
@@ -160,10 +161,21 @@ class Worker:
 
     @classmethod
     def connect(
-        cls, engine: Engine, url: str, *, prefix: str = DEFAULT_PREFIX, settings: WorkerSettings | None = None
+        cls,
+        engine: Engine,
+        redis: RedisSettings | str,
+        *,
+        prefix: str | None = None,
+        settings: WorkerSettings | None = None,
     ) -> Worker:
-        """A worker with its own Redis connection pool (closed by `run` on exit)."""
-        client = make_client(url)
+        """A worker with its own Redis connection pool (closed by `run` on exit). `redis`: settings, or a
+        URL (with `prefix`)."""
+        if isinstance(redis, str):
+            redis = RedisSettings.from_dsn(redis, prefix=prefix or DEFAULT_PREFIX)
+        elif prefix is not None:
+            redis = redis.model_copy(update={"prefix": prefix})
+        prefix = redis.prefix
+        client = make_client(redis)
         memory = VideoMemory(client, prefix=prefix)
         worker = cls(engine, memory, JobQueue(client, prefix=prefix), settings)
         worker._owns.append(client.aclose)

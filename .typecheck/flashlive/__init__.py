@@ -1,1 +1,0 @@
-../../flashlive/__init__.py

@@ -1,1 +1,0 @@
-../../flashlive/__main__.py

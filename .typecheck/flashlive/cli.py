@@ -1,1 +1,0 @@
-../../flashlive/cli.py

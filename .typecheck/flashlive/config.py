@@ -1,1 +1,0 @@
-../../flashlive/config.py
