@@ -39,7 +39,7 @@ memory:
     seconds: 86400
 web:
   port: 8080
-  whip_token: "$${not-substituted}"
+  token: "$${not-substituted}"
 """
 
 
@@ -54,7 +54,7 @@ def test_example_parses_with_env_and_defaults() -> None:
     assert cfg.streams["demo"].url == "/videos/demo.mp4"  # ${VAR:-default}
     assert cfg.memory.redis.url is None and cfg.memory.redis.embedded  # empty means the embedded server
     assert cfg.memory.retention.seconds == 86400 and cfg.memory.retention.max_bytes is None
-    assert cfg.web.whip_token is not None and cfg.web.whip_token.get_secret_value() == "${not-substituted}"
+    assert cfg.web.token is not None and cfg.web.token.get_secret_value() == "${not-substituted}"
     assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.ingest.max_batch == 8
     assert cfg.worker.concurrency == 1
 

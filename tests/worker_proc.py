@@ -1,8 +1,9 @@
-"""A worker process with the fake engine, for the failover tests (run as a script).
+"""A worker process with the fake engine, for the failover, web and serve tests (run as a script).
 
-    python tests/worker_proc.py REDIS_URL PREFIX NAME STEP_S LENGTH
+    python tests/worker_proc.py REDIS_URL PREFIX NAME STEP_S LENGTH [random]
 
-Prints "ready" once serving; SIGTERM stops it cleanly.
+Prints "ready" once serving; SIGTERM or SIGINT stops it cleanly. `random` makes the engine report
+untrained weights in its heartbeat (the page's banner).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from fake_engine import FakeEngine
 from flashlive.model.worker.service import Worker, WorkerSettings
 
 
-async def main(url: str, prefix: str, name: str, step_s: float, length: int) -> None:
+async def main(url: str, prefix: str, name: str, step_s: float, length: int, random_weights: bool) -> None:
     settings = WorkerSettings(name=name, heartbeat=0.2, lease=1.0, tick_lease=1.0, block=0.2, drain=0.5)
-    worker = Worker.connect(FakeEngine(step_s=step_s, length=length), url, prefix=prefix, settings=settings)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+    engine = FakeEngine(step_s=step_s, length=length, random_weights=random_weights)
+    worker = Worker.connect(engine, url, prefix=prefix, settings=settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, worker.stop)
     print("ready", flush=True)
     await worker.run()
 
@@ -32,4 +35,7 @@ if __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {sys.argv[3]} %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])))
+    random_weights = len(sys.argv) > 6 and sys.argv[6] == "random"
+    asyncio.run(
+        main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), random_weights)
+    )

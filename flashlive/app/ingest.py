@@ -55,7 +55,7 @@ async def run_ingest(cfg: FlashliveConfig, redis: RedisSettings, *, progress: bo
             )
         whip_server = None
         if whip_specs:
-            token = cfg.web.whip_token.get_secret_value() if cfg.web.whip_token else None
+            token = cfg.web.token_value
             app = ingest.whip_app(token=token, prefix="/whip", streams=whip_specs)
             whip_server = await _serve_whip(app, cfg.ingest.whip_listen)
             for name in whip_specs:
