@@ -1,11 +1,11 @@
 """Settings of the web app: the config file's `web` section. Every default of web/ is defined here.
 
-    web:
-      host: 127.0.0.1
-      port: 8000
-      token: "${FLASHLIVE_TOKEN:-}"      # bearer token for the API, WHIP and /ws; empty: open
-      cors_origins: ["https://ops.example"]
-      rate_limit: {per_s: 10, burst: 50}
+web:
+  host: 127.0.0.1
+  port: 8000
+  token: "${FLASHLIVE_TOKEN:-}"      # bearer token for the API, WHIP and /ws; empty: open
+  cors_origins: ["https://ops.example"]
+  rate_limit: {per_s: 10, burst: 50}
 """
 
 from __future__ import annotations
