@@ -28,7 +28,7 @@ from flashlive.web.errors import install_handlers
 from flashlive.web.metrics import WebMetrics
 from flashlive.web.routers import ask, memory, openai, ops, streams, watches, ws
 from flashlive.web.routers import whip as whip_proxy
-from flashlive.web.security import AccessLogMiddleware, JsonErrors, RateLimitMiddleware
+from flashlive.web.security import AccessLogMiddleware, BodyLimitMiddleware, JsonErrors, RateLimitMiddleware
 from flashlive.web.services import Services
 from flashlive.web.settings import WebSettings
 
@@ -61,7 +61,6 @@ def create_app(settings: WebSettings, redis: RedisSettings, *, whip: Any = None)
         version=__version__,
         description="Ask questions about live video streams (docs/web.md)",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.services = svc
     app.state.metrics = WebMetrics()
@@ -81,6 +80,7 @@ def create_app(settings: WebSettings, redis: RedisSettings, *, whip: Any = None)
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "If-Match"],
             expose_headers=["Location", "Retry-After"],
         )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limiter=svc.limiter, trust_proxy=settings.trust_proxy)
     app.add_middleware(AccessLogMiddleware)
     return app

@@ -209,3 +209,49 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimitMiddleware:
+    """413 (JSON) for a request body over `limit` bytes: at once by Content-Length, else as soon as the
+    streamed body passes the limit (the app then sees the client go away, and its reply is dropped)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is larger than {self.limit} bytes"
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_json(send, 413, error_body(413, "body_too_large", message), [])
+                return
+        seen = 0
+        state = {"started": False, "refused": False}
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit and not state["started"]:
+                    state["refused"] = True
+                    await _send_json(send, 413, error_body(413, "body_too_large", message), [])
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def tracked_send(msg: Message) -> None:
+            if state["refused"]:
+                return
+            state["started"] = state["started"] or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not state["refused"]:
+                raise
