@@ -174,7 +174,7 @@ async def test_replay_as_mp4_and_mjpeg(web: Web, client: httpx.AsyncClient) -> N
         clips = await fill(memory, "rep", 6)
     reply = await client.get("/api/streams/rep/replay", params={"start": 1004, "end": 1020})
     assert reply.status_code == 200 and reply.headers["content-type"] == "video/mp4"
-    with av.open(io.BytesIO(reply.content)) as container:
+    with av.open(io.BytesIO(reply.content), mode="r") as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 4
     mjpeg = await client.get("/api/streams/rep/replay", params={"last": 12, "format": "mjpeg", "fps": 30})

@@ -28,7 +28,13 @@ from flashlive.web.errors import install_handlers
 from flashlive.web.metrics import WebMetrics
 from flashlive.web.routers import ask, memory, openai, ops, streams, watches, ws
 from flashlive.web.routers import whip as whip_proxy
-from flashlive.web.security import AccessLogMiddleware, BodyLimitMiddleware, JsonErrors, RateLimitMiddleware
+from flashlive.web.security import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    JsonErrors,
+    RateLimitMiddleware,
+    hide_query_strings_in_server_logs,
+)
 from flashlive.web.services import Services
 from flashlive.web.settings import WebSettings
 
@@ -41,6 +47,7 @@ def create_app(settings: WebSettings, redis: RedisSettings, *, whip: Any = None)
     embedded server). `whip`: an ASGI app serving WHIP in this process (mounted at /whip)."""
     if redis.url is None:
         raise ValueError("the web app needs a Redis URL (start the embedded server first)")
+    hide_query_strings_in_server_logs()
     served_whip = whip is not None or settings.whip_upstream is not None
     svc = Services.build(settings, redis, whip=served_whip)
 

@@ -255,3 +255,21 @@ class BodyLimitMiddleware:
         except Exception:
             if not state["refused"]:
                 raise
+
+
+class HideQueryStrings(logging.Filter):
+    """Uvicorn logs WebSocket handshakes with their query string ("WebSocket /ws?token=..."): keep
+    only the path, so a token given as a query parameter never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                a.split("?", 1)[0] if isinstance(a, str) and "?" in a else a for a in record.args
+            )
+        return True
+
+
+def hide_query_strings_in_server_logs() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, HideQueryStrings) for f in logger.filters):
+        logger.addFilter(HideQueryStrings())
