@@ -22,7 +22,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from flashlive import __version__
 from flashlive.memory.settings import RedisSettings
 from flashlive.web.errors import install_handlers
 from flashlive.web.metrics import WebMetrics
@@ -37,6 +36,7 @@ from flashlive.web.security import (
 )
 from flashlive.web.services import Services
 from flashlive.web.settings import WebSettings
+from flashlive.web.version import VERSION as __version__
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

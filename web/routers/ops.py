@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from flashlive import __version__
 from flashlive.memory.store import CONNECTION_ERRORS
 from flashlive.web.schemas import Info, WorkerOut
 from flashlive.web.security import require_token
 from flashlive.web.services import Services, services
 from flashlive.web.status import all_streams, queue_and_workers
+from flashlive.web.version import VERSION as __version__
 
 router = APIRouter(tags=["ops"])
 Svc = Annotated[Services, Depends(services)]

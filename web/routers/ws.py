@@ -25,7 +25,6 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from flashlive import __version__
 from flashlive.memory.messages import JOB_ID, Event, StreamName, explain
 from flashlive.memory.results import UnknownJobError
 from flashlive.web.answers import follow
@@ -33,6 +32,7 @@ from flashlive.web.routers.memory import thumbnail_url
 from flashlive.web.security import token_ok, ws_credentials
 from flashlive.web.services import Services
 from flashlive.web.status import all_streams, queue_and_workers
+from flashlive.web.version import VERSION as __version__
 
 log = logging.getLogger(__name__)
 router = APIRouter()
