@@ -55,7 +55,8 @@ def alive(pid: int) -> bool:
 def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     encoder = get_preset("tiny").encoder_id
-    worker = f"{{python}} {TESTS / 'worker_proc.py'} {{redis}} {{prefix}} serve-w 0.01 6 random {encoder}"
+    script = TESTS / "worker_proc.py"
+    worker = f"{{python}} {script} {{redis}} {{prefix}} serve-w 0.01 6 --random --encoder-id {encoder}"
     env = {**os.environ, "FLASHLIVE_DATA_DIR": str(tmp_path / "unused")}
     env.pop("FLASHLIVE_REDIS_URL", None)
     proc = subprocess.Popen(

@@ -93,7 +93,10 @@ def worker_process(
     """tests/worker_proc.py (the worker loop with the fake engine) until the block ends."""
     args = [sys.executable, str(TESTS / "worker_proc.py"), redis_url, prefix, name, str(step_s), str(length)]
     proc = subprocess.Popen(
-        [*args, *(["random"] if random else [])], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [*args, *(["--random"] if random else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert proc.stdout is not None
