@@ -10,7 +10,7 @@ web:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from flashlive.memory.messages import DEFAULT_DEADLINE_S, MAX_DEADLINE_S, MAX_QUESTION_CHARS
 
@@ -76,11 +76,12 @@ class WebSettings(_Settings):
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
-    @model_validator(mode="after")
-    def _upstream_is_http(self) -> WebSettings:
-        if self.whip_upstream and not self.whip_upstream.startswith(("http://", "https://")):
-            raise ValueError("whip_upstream must be an http:// or https:// URL")
-        return self
+    @field_validator("whip_upstream")
+    @classmethod
+    def _upstream_is_http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
     @property
     def token_value(self) -> str | None:
