@@ -351,6 +351,12 @@ async def test_healthz_info_and_metrics(web: Web, client: httpx.AsyncClient) -> 
     assert health["ingest"]["metered"]["state"] == "live"
     info = (await client.get("/api/info")).json()
     assert info["random_weights"] is True and info["models"] == ["fake"] and not info["auth"]
+    asked = await client.post(
+        "/api/ask",
+        json={"stream": "metered", "question": "q", "max_new_tokens": 2},
+        headers={"Accept": "application/json"},
+    )
+    assert asked.status_code == 200
     text = (await client.get("/metrics")).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, s.labels.get("stream")): s.value for f in families.values() for s in f.samples}
@@ -358,6 +364,8 @@ async def test_healthz_info_and_metrics(web: Web, client: httpx.AsyncClient) -> 
     assert samples[("flashlive_stream_lag_seconds", "metered")] == 1.5
     assert samples[("flashlive_workers", None)] == 1
     assert ("flashlive_queue_jobs", None) in samples
+    by_api = {s.labels["api"]: s.value for s in families["flashlive_asks"].samples}
+    assert by_api["ask"] >= 1 and by_api["openai"] == 0
 
 
 async def test_redis_away_is_503_and_healthz_says_down() -> None:

@@ -89,8 +89,9 @@ async def require_worker(svc: Services) -> None:
         )
 
 
-async def submit(svc: Services, job: AskJob) -> None:
+async def submit(svc: Services, job: AskJob, api: str) -> None:
     await svc.queue.submit(job)
+    svc.asks[api] += 1
     log.info("job %s: %s, %s", job.id, job.stream, job.window.describe())
 
 

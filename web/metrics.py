@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +31,7 @@ class Snapshot:
     ws_clients: int = 0
     live_events: int = 0
     rate_limited: int = 0
+    asks: dict[str, int] = field(default_factory=dict)
 
 
 class SnapshotCollector(Collector):
@@ -83,6 +84,10 @@ class SnapshotCollector(Collector):
         for w in s.workers:
             busy.add_metric([w.name, w.model], float(len(w.running)))
         yield busy
+        asks = CounterMetricFamily("flashlive_asks", "Questions submitted here, by API", labels=["api"])
+        for api in ("ask", "openai"):
+            asks.add_metric([api], float(s.asks.get(api, 0)))
+        yield asks
         yield GaugeMetricFamily("flashlive_ws_clients", "Open WebSocket connections", value=s.ws_clients)
         yield CounterMetricFamily(
             "flashlive_live_events", "Live events received by this web process", value=s.live_events
@@ -99,7 +104,6 @@ class WebMetrics:
         self.registry = CollectorRegistry()
         self.collector = SnapshotCollector()
         self.registry.register(self.collector)
-        self.asks = Counter("flashlive_asks", "Questions submitted", ["api"], registry=self.registry)
         self.ws_clients = 0
         self._lock = asyncio.Lock()
 
@@ -108,6 +112,6 @@ class WebMetrics:
             depth, workers = await queue_and_workers(svc)
             self.collector.snapshot = Snapshot(
                 streams=await all_streams(svc), depth=depth, workers=workers, ws_clients=self.ws_clients,
-                live_events=svc.hub.received, rate_limited=svc.limiter.refused,
+                live_events=svc.hub.received, rate_limited=svc.limiter.refused, asks=dict(svc.asks),
             )  # fmt: skip
             return generate_latest(self.registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -33,6 +34,7 @@ class Services:
     limiter: RateLimiter
     whip: bool  # POST /whip/{name} is served (in-process or proxied)
     background: set[object] = field(default_factory=set)  # fire-and-forget tasks (cancels)
+    asks: Counter[str] = field(default_factory=Counter)  # questions submitted, by API (for /metrics)
 
     @classmethod
     def build(cls, settings: WebSettings, redis: RedisSettings, *, whip: bool) -> Services:

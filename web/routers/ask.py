@@ -21,6 +21,7 @@ from flashlive.web.services import Services, services
 router = APIRouter(prefix="/api/ask", tags=["ask"], dependencies=[Depends(require_token)])
 Svc = Annotated[Services, Depends(services)]
 KEEPALIVE = b": keep-alive\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer the pieces
 
 
 @router.post("", response_model=None, status_code=200)
@@ -36,7 +37,7 @@ async def ask(body: AskRequest, request: Request, svc: Svc) -> Response:
     )  # fmt: skip
     await check_window(svc, body.stream, body.window)
     await require_worker(svc)
-    await submit(svc, job)
+    await submit(svc, job, "ask")
     if body.detach:
         accepted = AskAccepted(
             job=job.id, events_url=f"/api/ask/{job.id}/events", cancel_url=f"/api/ask/{job.id}"
@@ -45,7 +46,8 @@ async def ask(body: AskRequest, request: Request, svc: Svc) -> Response:
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/event-stream" not in accept:
         return await _wait(svc, job.id, job.deadline)
-    return EventSourceResponse(_events(svc, job.id, "0-0", job.deadline, cancel_on_exit=True, start=True))
+    stream = _events(svc, job.id, "0-0", job.deadline, cancel_on_exit=True, start=True)
+    return EventSourceResponse(stream, headers=SSE_HEADERS)
 
 
 @router.get("/{job}/events")
@@ -59,7 +61,8 @@ async def events(
     on reconnect, or `?after=`). Leaving does not cancel the job."""
     status = await _status(svc, job)
     cursor = last_event_id or after or "0-0"
-    return EventSourceResponse(_events(svc, job, cursor, status.deadline, cancel_on_exit=False, start=False))
+    stream = _events(svc, job, cursor, status.deadline, cancel_on_exit=False, start=False)
+    return EventSourceResponse(stream, headers=SSE_HEADERS)
 
 
 @router.get("/{job}", response_model=AskStatus)

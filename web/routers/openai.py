@@ -40,6 +40,7 @@ from flashlive.memory.messages import (
 from flashlive.memory.results import AnswerText
 from flashlive.web.answers import cancel_later, check_window, follow, make_job, require_worker, submit
 from flashlive.web.errors import STATUS_OF_CODE, ApiError, error_body, error_response
+from flashlive.web.routers.ask import SSE_HEADERS
 from flashlive.web.security import require_token
 from flashlive.web.services import Services, services
 
@@ -190,11 +191,12 @@ async def chat_completions(body: ChatRequest, svc: Svc) -> Response:
     )  # fmt: skip
     await check_window(svc, stream, window)
     await _check_model(svc, body.model)
-    await submit(svc, job)
+    await submit(svc, job, "openai")
     completion_id = f"chatcmpl-{job.id}"
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventSourceResponse(_chunks(svc, job.id, job.deadline, completion_id, body.model, usage))
+        chunks = _chunks(svc, job.id, job.deadline, completion_id, body.model, usage)
+        return EventSourceResponse(chunks, headers=SSE_HEADERS)
     return await _complete(svc, job.id, job.deadline, completion_id, body.model)
 
 
