@@ -129,3 +129,21 @@ def test_serve_killed_takes_its_children_along(serve: tuple[subprocess.Popen[str
     while any(alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in tree if alive(p)], "children outlived a killed flashlive serve"
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        reply = subprocess.run(
+            [sys.executable, "-m", "flashlive", "serve", "--data-dir", str(tmp_path), "--port", str(port),
+             "--workers", "0"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert reply.returncode == 2
+    last = reply.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"flashlive serve: error: cannot serve on 127.0.0.1:{port} (the port is in use")
+    assert "Traceback" not in reply.stderr

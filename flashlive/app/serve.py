@@ -208,10 +208,19 @@ def _server(app: Any, host: str, port: int, max_ws: int) -> Any:
 
 
 async def _start_server(server: Any, where: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(server.serve(), name="uvicorn")
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits the process when it cannot bind: make it our error
+            raise CommandError(
+                f"cannot serve on {where} (the port is in use, or the address is wrong)"
+            ) from None
+
+    task = asyncio.create_task(serve(), name="uvicorn")
     while not server.started:
         if task.done():
-            raise CommandError(f"cannot serve on {where} (the port is in use, or the address is wrong)")
+            task.result()  # the CommandError above
+            raise CommandError(f"the web server on {where} stopped while starting")
         await asyncio.sleep(0.02)
     return task
 
