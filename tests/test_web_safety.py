@@ -134,6 +134,8 @@ async def test_rate_limit_429_then_recovers(redis_server: RedisServer) -> None:
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
             assert "too many requests" in limited.json()["error"]["message"]
             assert (await c.get("/healthz")).status_code == 200  # not limited
+            thumb = await c.get("/api/streams/none/clips/1000-1/thumbnail.jpg")  # nor are thumbnails
+            assert thumb.status_code == 404
             with pytest.raises(InvalidStatus):
                 async with connect(web.ws_url):
                     pass

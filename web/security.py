@@ -21,6 +21,8 @@ access_log = logging.getLogger("flashlive.web.access")
 
 WS_TOKEN_PROTOCOL = "bearer."  # a browser's WebSocket sends the token as the subprotocol "bearer.<token>"
 LIMITED_PREFIXES = ("/api", "/v1", "/whip", "/ws")
+# a timeline loads a thumbnail per clip at once; they are cheap and immutable (the browser caches them)
+UNLIMITED_SUFFIXES = ("/thumbnail.jpg",)
 
 
 def token_ok(expected: str | None, given: str | None) -> bool:
@@ -106,7 +108,12 @@ class RateLimitMiddleware:
         self.trust_proxy = trust_proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(LIMITED_PREFIXES):
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in ("http", "websocket")
+            or not path.startswith(LIMITED_PREFIXES)
+            or path.endswith(UNLIMITED_SUFFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         wait = self.limiter.take(client_address(scope, self.trust_proxy))

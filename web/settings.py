@@ -21,7 +21,7 @@ class _Settings(BaseModel):
 
 class RateLimit(_Settings):
     """A token bucket per client (its address): `per_s` requests per second on average, bursts of
-    `burst`. Applies to /api, /v1, /whip and new /ws connections; 0 turns it off."""
+    `burst`. Applies to /api (but thumbnails), /v1, /whip and new /ws connections; 0 turns it off."""
 
     per_s: float = Field(default=20.0, ge=0, allow_inf_nan=False, title="Requests per second per client")
     burst: int = Field(default=60, ge=1, title="Burst size", description="Requests allowed at once")
