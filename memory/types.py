@@ -69,3 +69,14 @@ class StreamStats:
         if self.first_start is None or self.last_end is None:
             return 0.0
         return self.last_end - self.first_start
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A clip an answer cites: `score` is the share of the model's attention to the video that this
+    clip's tokens received (from the last prompt token, see docs/model.md)."""
+
+    clip_id: str
+    start: float
+    end: float
+    score: float

@@ -10,6 +10,8 @@ from typing import Any
 
 from flashlive.cli import CommandError
 
+MAX_NEW_TOKENS = 1024  # the release's chat() default (flashlive.model.sampling.MAX_NEW_TOKENS)
+
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     add_model_args(p)
     p.add_argument("--max-frames", type=int, default=None, help="frame budget (default: the model's, 512)")
     add_dropout_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
@@ -67,24 +69,31 @@ def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
 
 
 def ask_file(args: argparse.Namespace) -> int:
-    from flashlive.model.answer import Answerer
     from flashlive.model.checkpoint import CheckpointError
     from flashlive.model.dropout import DropoutError, check_dropout
+    from flashlive.model.engine import Engine
     from flashlive.model.pipeline import load_tower_encoder
     from flashlive.model.prompt import PromptError
+    from flashlive.model.sampling import SamplingParams
     from flashlive.model.video import VideoError, read_video
+    from flashlive.model.window import VideoWindow
 
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
         encoder = load_tower_encoder(args.model, device=args.device, dtype=args.dtype, download=args.download)
-        answerer = Answerer.load(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        engine = Engine.load(
+            args.model, device=args.device, dtype=args.dtype, download=args.download, progress=True
+        )
         timings["load"] = time.perf_counter() - t0
-        dropout = parse_dropout(args, answerer.cfg.dropout)
+        dropout = parse_dropout(args, engine.cfg.dropout)
         if dropout is not None:
-            check_dropout(dropout, answerer.cfg.llm.num_hidden_layers)
+            check_dropout(dropout, engine.cfg.llm.num_hidden_layers)
+        params = SamplingParams(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        )
         t0 = time.perf_counter()
-        max_frames = args.max_frames if args.max_frames is not None else answerer.cfg.max_frames
+        max_frames = args.max_frames if args.max_frames is not None else engine.cfg.max_frames
         video = read_video(args.video, clip_frames=encoder.clip_frames, max_frames=max_frames)
         timings["decode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -92,17 +101,11 @@ def ask_file(args: argparse.Namespace) -> int:
         clips = video.frames.reshape(n, encoder.clip_frames, *video.frames.shape[1:])
         tokens = encoder.encode(clips)
         timings["encode"] = time.perf_counter() - t0
-        stream = answerer.stream(
-            tokens,
-            args.question,
-            duration=video.duration,
-            num_frames=len(video.frames),
-            dropout=dropout,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
+        frame_times = [i / video.fps for i in video.indices] if video.fps > 0 else [0.0] * len(video.indices)
+        window = VideoWindow.from_file(
+            tokens, frame_times, duration=video.duration, name=str(args.video), encoder_id=encoder.encoder_id
         )
+        stream = engine.answer(window, args.question, dropout=dropout, params=params)
         for piece in stream:
             if not args.json:
                 sys.stdout.write(piece)
@@ -110,20 +113,13 @@ def ask_file(args: argparse.Namespace) -> int:
     except (VideoError, CheckpointError, PromptError, DropoutError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     result = stream.result
-    timings.update(result.timings)
+    assert result is not None
     if args.json:
-        report = {
-            "answer": result.answer,
-            "model": answerer.cfg.name,
+        report: dict[str, Any] = {
+            "model": engine.cfg.name,
             "frames": len(video.frames),
-            "duration": round(video.duration, 3),
-            "clips": result.clips,
-            "visual_tokens": result.visual_tokens,
-            "visual_tokens_kept": result.visual_kept,
-            "dropout": None if dropout is None else vars(dropout),
-            "prompt_tokens": result.prompt_tokens,
-            "new_tokens": result.new_tokens,
-            "timings": {k: round(v, 4) for k, v in timings.items()},
+            **result.to_dict(),
+            "timings": {k: round(v, 4) for k, v in {**timings, **vars(result.timings)}.items()},
         }
         print(json.dumps(report))
     else:

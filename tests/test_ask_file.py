@@ -56,18 +56,28 @@ def test_ask_file_json_reports_answer_tokens_and_timings(video: Path) -> None:
     proc = run("ask-file", str(video), "What moves in the video?", "--json", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["frames"] == 8 and report["clips"] == 2
+    assert report["frames"] == report["num_frames"] == 8 and len(report["clips"]) == 2
     assert report["visual_tokens"] == 2 * 64
-    assert report["visual_tokens_kept"] == []
+    assert report["visual_kept"] == []
     assert isinstance(report["answer"], str) and 0 < report["new_tokens"] <= 5
-    assert set(report["timings"]) >= {"decode", "encode", "prefill", "decode_tokens"}
+    assert report["answer"] == report["answer"].strip()
+    assert set(report["timings"]) >= {"decode", "encode", "projector", "prefix", "prefill", "first_token"}
+    # clip times come from the sampled frames: they tile the video in order, within its duration
+    clips = report["clips"]
+    assert clips[0]["start"] < clips[0]["end"] == clips[1]["start"] < clips[1]["end"] <= report["duration"]
+    assert report["duration"] == pytest.approx(10.0, abs=0.15)
+    # dropout is off: evidence comes from one deep layer's attention, and cites these clips
+    assert 1 <= len(report["evidence"]) <= 2
+    assert {e["clip_id"] for e in report["evidence"]} <= {c["clip_id"] for c in clips}
+    assert sum(e["score"] for e in report["evidence"]) == pytest.approx(1.0)
 
 
 def test_ask_file_dropout_keeps_the_asked_share(video: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--dropout", "uniform0_attention", "--dropout-layers", "1,3", "--dropout-ratios", "1,0.75,0.25"]
     assert main(["ask-file", str(video), "What moves?", "--json", "--max-new-tokens", "2", *args]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["visual_tokens_kept"] == [96, 32]
+    assert report["visual_kept"] == [96, 32]
+    assert report["evidence"] and report["evidence"][0]["score"] >= report["evidence"][-1]["score"]
     assert report["dropout"]["mode"] == "uniform0_attention"
 
 
