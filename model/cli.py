@@ -10,8 +10,6 @@ from typing import Any
 
 from flashlive.cli import CommandError
 
-MAX_NEW_TOKENS = 1024  # the release's chat() default (flashlive.model.sampling.MAX_NEW_TOKENS)
-
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -25,7 +23,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     add_model_args(p)
     p.add_argument("--max-frames", type=int, default=None, help="frame budget (default: the model's, 512)")
     add_dropout_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024, as the release's chat()")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
@@ -89,9 +87,8 @@ def ask_file(args: argparse.Namespace) -> int:
         dropout = parse_dropout(args, engine.cfg.dropout)
         if dropout is not None:
             check_dropout(dropout, engine.cfg.llm.num_hidden_layers)
-        params = SamplingParams(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-        )
+        limit = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+        params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed, **limit)
         t0 = time.perf_counter()
         max_frames = args.max_frames if args.max_frames is not None else engine.cfg.max_frames
         video = read_video(args.video, clip_frames=encoder.clip_frames, max_frames=max_frames)

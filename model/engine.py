@@ -268,6 +268,8 @@ class Engine:
         request, row = found
         if row is not None and self._cache is not None:
             self._cache.select([r for r in range(self._cache.batch) if r != row])
+            if self._cache.batch == 0:
+                self._cache = None
         request.finish_reason = FINISH_ABORT
         return self._result(request, time.perf_counter())
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from flashlive.model.attention import attend
@@ -189,8 +190,12 @@ class BatchKVCache:
         # query i of row b sits at own index before[b] + i and sees own keys up to there
         limit = before.to(q.device)[:, None] + torch.arange(t, device=q.device)[None, :]  # [B, T]
         mask = torch.arange(total, device=q.device)[None, None, :] <= limit[:, :, None]  # [B, T, total]
+        groups = self._groups(layer)
+        if not groups:  # nothing shared in this layer: one fused kernel, no log-sum-exp needed
+            gqa = q.shape[1] != own_k.shape[1]
+            return F.scaled_dot_product_attention(q, own_k, own_v, attn_mask=mask[:, None], enable_gqa=gqa)
         out, lse = attention_lse(q, own_k, own_v, mask[:, None])
-        for prefix, rows in self._groups(layer):
+        for prefix, rows in groups:
             pk, pv = prefix.get(layer)  # [1, Hkv, Ls, D]
             idx = torch.tensor(rows, device=q.device)
             po, plse = attention_shared(q.index_select(0, idx), pk, pv)
@@ -232,17 +237,23 @@ class BatchKVCache:
 
     # ------------------------------------------------------------------------------------ batch edits
 
-    def select(self, rows: Sequence[int]) -> None:
-        """Keep only `rows` (in this order): finished or cancelled sequences leave the batch."""
+    def take(self, rows: Sequence[int]) -> BatchKVCache:
+        """A new batch of `rows` (in this order), their buffers copied."""
         idx = torch.tensor(list(rows), dtype=torch.long)
-        self.prefixes = [self.prefixes[i] for i in rows]
-        self._len = self._len[:, idx]
-        self._valid = torch.ones(len(rows), dtype=torch.long)
+        out = BatchKVCache(self.num_layers, [self.prefixes[i] for i in rows])
+        out._len = self._len[:, idx].clone()
         for i in range(self.num_layers):
             k, v = self._k[i], self._v[i]
             if k is not None and v is not None:
                 dev = idx.to(k.device)
-                self._k[i], self._v[i] = k.index_select(0, dev), v.index_select(0, dev)
+                out._k[i], out._v[i] = k.index_select(0, dev), v.index_select(0, dev)
+        return out
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (in this order): finished or cancelled sequences leave the batch."""
+        kept = self.take(rows)
+        self.prefixes, self._len, self._k, self._v = kept.prefixes, kept._len, kept._k, kept._v
+        self._valid = kept._valid
 
     @staticmethod
     def concat(caches: Sequence[BatchKVCache]) -> BatchKVCache:

@@ -34,6 +34,8 @@ from flashlive.model.llm import DropStage, Qwen2LM
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 2048  # prefix tokens per forward: bounds activation memory for hour-long windows
+# tokens per forward in the per-question layers after an attention stage (rows are split to fit)
+QUESTION_TOKENS = 8192
 # The model card's text-guided stage sits at layer 18 of 28; evidence without such a stage is read
 # from the same depth (scaled to the model's layer count).
 EVIDENCE_DEPTH = 18 / 28
@@ -86,12 +88,18 @@ class BatchPrefill:
 
 class ModelRunner:
     def __init__(
-        self, llm: Qwen2LM, *, chunk: int = PREFILL_CHUNK, evidence_layer: int | None = None
+        self,
+        llm: Qwen2LM,
+        *,
+        chunk: int = PREFILL_CHUNK,
+        question_tokens: int = QUESTION_TOKENS,
+        evidence_layer: int | None = None,
     ) -> None:
-        if chunk < 1:
-            raise ValueError(f"chunk must be at least 1 token, got {chunk}")
+        if chunk < 1 or question_tokens < 1:
+            raise ValueError(f"chunk sizes must be at least 1 token, got {chunk} and {question_tokens}")
         self.llm = llm
         self.chunk = chunk
+        self.question_tokens = question_tokens
         n = llm.config.num_hidden_layers
         self.evidence_layer = (
             min(n - 1, max(0, round(n * EVIDENCE_DEPTH))) if evidence_layer is None else evidence_layer
@@ -179,24 +187,54 @@ class ModelRunner:
         ev_hidden = None
         for i in range(shared):
             if i == ev_layer:
-                ev_hidden = x[
-                    rows, lens.to(x.device) - 1
-                ]  # [B, C]: each question's last token entering the layer
+                ev_hidden = x[rows, lens.to(x.device) - 1]  # [B, C]: last question tokens entering it
             x = self._layer(x, cache, i)
         stages = [list(prefix.stages) for _ in range(b)]
         attention: list[tuple[Tensor, Tensor] | None] = [None] * b
         if prefix.has_attention:
-            x, lens = self._question_layers(prefix, x, lens, cache, stages)
+            last, cache = self._question_part(prefix, x, lens, cache, stages)
             if evidence:
                 attention = [_last_attention_stage(row) for row in stages]
-        elif ev_hidden is not None and ev_layer is not None:
-            attention = self._evidence_attention(prefix, cache, ev_hidden, lens, ev_layer)
-        logits = llm.logits(x[rows, lens.to(x.device) - 1])
-        return BatchPrefill(logits, cache, stages, attention)
+        else:
+            last = x[rows, lens.to(x.device) - 1]
+            if ev_hidden is not None and ev_layer is not None:
+                attention = self._evidence_attention(prefix, cache, ev_hidden, lens, ev_layer)
+        return BatchPrefill(llm.logits(last), cache, stages, attention)
 
     def _layer(self, x: Tensor, cache: BatchKVCache, i: int) -> Tensor:
         cos, sin = self.llm.rope(cache.positions(i, x.shape[1]))  # per-row positions: [B, 1, T, D]
         return self.llm.model.layers[i](x, cos, sin, cache, i)
+
+    def _question_part(
+        self,
+        prefix: VisualPrefix,
+        x: Tensor,
+        lens: Tensor,
+        cache: BatchKVCache,
+        stages: list[list[DropStage]],
+    ) -> tuple[Tensor, BatchKVCache]:
+        """The layers from the first attention stage on, in sub-batches of at most `question_tokens`
+        tokens per forward (each row there holds prefix text + its kept visual tokens + its own).
+
+        Returns each row's last hidden state [B, C] and the rows' cache.
+        """
+        plan, b = prefix.plan, x.shape[0]
+        s0 = plan.stage_at(plan.shared_layers)
+        assert s0 is not None
+        row_tokens = prefix.text_len + plan.counts[s0 + 1] + x.shape[1]
+        per = max(1, self.question_tokens // row_tokens)
+        if per >= b:
+            groups, caches = [list(range(b))], [cache]
+        else:
+            groups = [list(range(r, min(b, r + per))) for r in range(0, b, per)]
+            caches = [cache.take(rows) for rows in groups]
+        lasts = []
+        for rows, sub in zip(groups, caches, strict=True):
+            seq, sub_lens = self._question_layers(
+                prefix, x[rows[0] : rows[-1] + 1], lens[rows], sub, [stages[r] for r in rows]
+            )
+            lasts.append(seq[torch.arange(len(rows), device=seq.device), sub_lens.to(seq.device) - 1])
+        return torch.cat(lasts), caches[0] if len(caches) == 1 else BatchKVCache.concat(caches)
 
     def _question_layers(
         self,

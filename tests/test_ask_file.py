@@ -108,6 +108,8 @@ def test_bad_inputs_give_one_clear_line(
             "dropout layer 9 does not exist",
         ),
         ((str(video), "   "), "the question is empty"),
+        ((str(video), "q", "--temperature", "-1"), "temperature must be >= 0"),
+        ((str(video), "q", "--max-new-tokens", "0"), "max_new_tokens must be at least 1"),
         ((str(video), "why? " * 9000), "does not fit the model's context"),
     ]
     for args, message in cases:

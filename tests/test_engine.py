@@ -272,3 +272,23 @@ def test_questions_that_do_not_fit(engine: Engine) -> None:
     with pytest.raises(PromptTooLongError):
         engine.prefix(VideoWindow.from_clips(clips(engine, 130)))  # 8,320 visual tokens > 8,192 positions
     assert not engine.has_unfinished()
+
+
+@pytest.mark.cuda
+def test_engine_on_cuda_matches_the_cpu_answers(engine: Engine) -> None:
+    """bf16 on the GPU: same kept counts and evidence clips as fp32 on the CPU for a clear-cut window."""
+    gpu = Engine.load("tiny", device="cuda", dtype="bf16")
+    window = VideoWindow.from_clips(clips(engine))
+    for dropout in (None, RECIPE):
+        params = SamplingParams(max_new_tokens=4, stop_ids=())
+        on_gpu = gpu.answer(window, "What happens?", dropout=dropout, params=params)
+        list(on_gpu)
+        on_cpu = engine.answer(window, "What happens?", dropout=dropout, params=params)
+        list(on_cpu)
+        assert on_gpu.result is not None and on_cpu.result is not None
+        assert on_gpu.result.new_tokens == 4 and on_gpu.result.visual_kept == on_cpu.result.visual_kept
+        assert on_gpu.result.evidence
+        scores = gpu.score_yes_no(gpu.prefix(window, dropout), QUESTIONS)
+        assert scores == pytest.approx(
+            engine.score_yes_no(engine.prefix(window, dropout), QUESTIONS), abs=0.05
+        )

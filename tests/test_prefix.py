@@ -60,11 +60,11 @@ def greedy_batch(runner: ModelRunner, cache: BatchKVCache, first: list[int], ste
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("chunk", [2048, 7])
+@pytest.mark.parametrize("chunk", [2048, 7])  # 7: the prefix in chunks, the questions one row at a time
 def test_shared_prefix_equals_full_prefill(lm: Qwen2LM, prompt: tuple, mode: str, chunk: int) -> None:
     text, visual, questions = prompt
     dropout = MODES[mode]
-    runner = ModelRunner(lm, chunk=chunk)
+    runner = ModelRunner(lm, chunk=chunk, question_tokens=chunk)
     prefix = runner.compute_prefix(text, visual, dropout)
     batch = runner.prefill(prefix, questions)
     decoded = greedy_batch(runner, batch.cache, [int(x.argmax()) for x in batch.logits], 5)
