@@ -41,11 +41,12 @@ def attention_lse(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -
     rows = max(1, SCORE_ELEMENTS // max(1, b * hkv * tk))
     outs, lses = [], []
     for r in range(0, g * tq, rows):
-        scores = torch.matmul(qg[:, :, r : r + rows], k.transpose(-1, -2)).float() * scale
+        # in place where possible: for long prefixes these score blocks are the memory traffic
+        scores = torch.matmul(qg[:, :, r : r + rows] * scale, k.transpose(-1, -2)).float()
         if mask is not None:
-            scores = scores.masked_fill(~mask[:, :, r : r + rows], float("-inf"))
+            scores.masked_fill_(~mask[:, :, r : r + rows], float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, rows]
-        probs = torch.exp(scores - lse.unsqueeze(-1))
+        probs = scores.sub_(lse.unsqueeze(-1)).exp_()
         outs.append(torch.matmul(probs.to(v.dtype), v))
         lses.append(lse)
     out = torch.cat(outs, dim=2).reshape(b, h, tq, d)
