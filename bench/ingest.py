@@ -32,15 +32,19 @@ import numpy as np
 import torch
 
 from flashlive.memory.server import RedisServer
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
+from flashlive.memory.types import StreamState
 from flashlive.model.config import get_preset
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
 from flashlive.model.pipeline import TowerEncoder
+from flashlive.model.settings import ModelSettings
 from flashlive.model.vision import VisionTower
 from flashlive.stream.clips import ClipAssembler
 from flashlive.stream.ingest import Ingest
 from flashlive.stream.lifecycle import StreamSpec
 from flashlive.stream.sampler import Sampler
+from flashlive.stream.settings import IngestSettings, SourceOptions
 from flashlive.stream.sources import open_source
 
 
@@ -79,7 +83,10 @@ async def decode_and_sample(path: Path, clip_frames: int) -> tuple[float, int]:
     """Seconds spent decoding + sampling + cutting clips (no encoding), and the clip count."""
     t0 = time.perf_counter()
     source = open_source(str(path), realtime=False)
-    sampler, assembler = Sampler(1.0, live=False), ClipAssembler("bench", clip_frames)
+    sampler, assembler = (
+        Sampler(1.0, live=False, max_side=IngestSettings().max_side),
+        ClipAssembler("bench", clip_frames),
+    )
     clips = 0
     async for frame in source.frames():
         kept = sampler.push(frame)
@@ -104,7 +111,7 @@ async def backfill_rtf(
 ) -> float:
     async with Ingest(encoder, memory) as ingest:
         t0 = time.perf_counter()
-        spec = StreamSpec(f"rtf-{tag}", str(path), {"realtime": False}, policy="wait")
+        spec = StreamSpec(f"rtf-{tag}", str(path), SourceOptions(realtime=False), policy="wait")
         runner = ingest.start_stream(spec)
         await ingest.wait()
         wall = time.perf_counter() - t0
@@ -123,11 +130,13 @@ async def capacity(
         async with Ingest(encoder, memory) as ingest:
             runners = [
                 ingest.start_stream(
-                    StreamSpec(f"cap{n}-{i}", str(path), {"realtime": True, "loop": True}, policy="lower_fps")
+                    StreamSpec(
+                        f"cap{n}-{i}", str(path), SourceOptions(realtime=True, loop=True), policy="lower_fps"
+                    )
                 )
                 for i in range(n)
             ]
-            await asyncio.gather(*(r.wait_state("live", timeout=30) for r in runners))
+            await asyncio.gather(*(r.wait_state(StreamState.LIVE, timeout=30) for r in runners))
             t0 = time.monotonic()
             max_lag = 0.0
             min_fps = 1.0
@@ -186,9 +195,9 @@ async def main() -> None:
         video = Path(tmp) / "camera.mp4"
         write_video(video, seconds, fps, width, height)
         server = await RedisServer(Path(tmp) / "redis").astart()
-        memory = VideoMemory.from_url(server.url)
+        memory = VideoMemory.from_settings(RedisSettings.from_dsn(server.url))
         try:
-            tiny = load_clip_encoder("tiny")
+            tiny = load_clip_encoder(ModelSettings(name="tiny"))
             ds_seconds, clips = await decode_and_sample(video, tiny.clip_frames)
             ds_per_clip = ds_seconds / clips
             models: dict[str, Any] = {}

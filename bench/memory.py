@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from flashlive.memory.server import RedisServer, server_version
-from flashlive.memory.store import Retention, VideoMemory
+from flashlive.memory.settings import RedisSettings, Retention
+from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
 
 ENC = "bench@224/tome16_mlp_hd64"
@@ -86,7 +87,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, RedisServer(tmp, appendfsync=args.appendfsync) as server:
         version = ".".join(map(str, server_version(server.binary)))
         result["redis"] = {"binary": server.binary, "version": version, "appendfsync": args.appendfsync}
-        mem = VideoMemory.from_url(server.url, retention=Retention(seconds=0, max_bytes=0))
+        mem = VideoMemory.from_settings(RedisSettings.from_dsn(server.url), retention=Retention())  # no limit
         base = await used_memory(mem)
         t = time.perf_counter()
         for clip in clips:

@@ -43,13 +43,13 @@ import torch
 
 from flashlive.memory.types import Clip
 from flashlive.model.config import DropoutConfig, FlashConfig, LLMConfig, VisionConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.engine import Engine
 from flashlive.model.kv_cache import BatchKVCache, KVCache
 from flashlive.model.llm import Qwen2LM, random_init_
 from flashlive.model.projector import Projector
 from flashlive.model.prompt import question_text, video_prefix_text
 from flashlive.model.runner import PREFILL_CHUNK
-from flashlive.model.sampling import SamplingParams
 from flashlive.model.tokenizer import load_tokenizer
 from flashlive.model.window import VideoWindow
 

@@ -1,7 +1,8 @@
-"""The `flashlive` command. Each package adds its own subcommands through `register(subparsers)`.
+"""The `flashlive` command. Each module of `flashlive.commands` adds its subcommands through
+`register(subparsers, parents)`.
 
-Packages are imported when the parser is built, so their cli modules must keep heavy imports
-(torch, av, aiortc) inside the command handlers: `flashlive memory ls` should not load torch.
+Those modules are imported when the parser is built, so they keep heavy imports (torch, av, aiortc)
+inside the command handlers: `flashlive memory ls` should not load torch.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from flashlive import __version__
-from flashlive.settings import REDIS_URL_ENV
+from flashlive.errors import CommandError
+from flashlive.memory.settings import REDIS_URL_ENV
 
-# module path -> each must define register(subparsers, parents) that adds its subcommands
+# each defines register(subparsers, parents), which adds its subcommands
 COMMAND_MODULES = (
-    "flashlive.model.cli",
-    "flashlive.memory.cli",
-    "flashlive.stream.cli",
+    "flashlive.commands.ask_file",
+    "flashlive.commands.memory",
+    "flashlive.commands.ingest",
+    "flashlive.commands.check_config",
+    "flashlive.commands.demo",
 )
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # that package has no commands yet
-        module.register(sub, [common])
+        importlib.import_module(name).register(sub, [common])
     return parser
 
 

@@ -11,10 +11,14 @@
         url: /videos/monday.mp4
         realtime: false       # backfill as fast as the encoder goes
     model: {name: tiny, device: cpu}
-    memory: {redis_url: "${FLASHLIVE_REDIS_URL}", retention_s: 86400}
+    memory:
+      redis: {url: "${FLASHLIVE_REDIS_URL}"}
+      retention: {seconds: 86400}
 
-`${NAME}` is replaced by the environment variable NAME (`${NAME:-default}` gives a default, `$${` is a
-literal `${`), after YAML parsing, so secrets stay out of the file and never change its structure.
+Each library owns the schema of its section, defaults included (`stream.settings`, `model.settings`,
+`memory.settings`); this module composes them, adds the app's own sections (worker, web) and reads the
+file. `${NAME}` is replaced by the environment variable NAME (`${NAME:-default}` gives a default, `$${`
+is a literal `${`), after YAML parsing, so secrets stay out of the file and never change its structure.
 Every error names the line it came from: `lobby.yaml:4: streams.lobby.fps: ...`.
 """
 
@@ -25,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -36,127 +40,23 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
-from flashlive.memory.keys import STREAM_NAME
+from flashlive.memory.keys import NAME_RULE, STREAM_NAME
+from flashlive.memory.settings import MemorySettings
+from flashlive.model.device import DEVICE_RULE, Device
+from flashlive.model.settings import ModelSettings
+from flashlive.stream.settings import IngestSettings, StreamSettings
 
 Path_ = tuple[str | int, ...]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class Credentials(_Section):
-    user: str | None = Field(
-        default=None, title="User name", description="Put into the source URL, never logged"
-    )
-    password: SecretStr | None = Field(default=None, title="Password", description="Use ${ENV}; never logged")
-
-
-class StreamConfig(_Section):
-    """One stream: exactly one of `url` (pulled) or `whip: true` (pushed to us)."""
-
-    url: str | None = Field(
-        default=None,
-        title="Source URL",
-        description="rtsp://, rtsps://, http(s)://, an HLS .m3u8, or a file path",
-    )
-    whip: bool = Field(
-        default=False, title="WHIP ingest", description="The stream is published to /whip/NAME"
-    )
-    fps: float | None = Field(
-        default=None,
-        gt=0,
-        le=30,
-        title="Sample rate",
-        description="Frames kept per second (default: ingest.fps)",
-    )
-    transport: Literal["tcp", "udp"] = Field(default="tcp", title="RTSP transport")
-    credentials: Credentials | None = Field(default=None, title="Source credentials")
-    realtime: bool = Field(
-        default=True,
-        title="Real-time pacing (files)",
-        description="False: backfill a file as fast as possible",
-    )
-    loop: bool = Field(
-        default=False, title="Loop a file", description="Start again at the end (demo sources)"
-    )
-    policy: Literal["lower_fps", "skip", "wait"] | None = Field(
-        default=None,
-        title="Backpressure policy",
-        description="When encoding falls behind (default: ingest.policy)",
-    )
-    open_timeout_s: float = Field(default=10.0, gt=0, title="Connect timeout (s)")
-    read_timeout_s: float = Field(
-        default=5.0, gt=0, title="Read timeout (s)", description="No packet this long: reconnect"
-    )
-    enabled: bool = Field(default=True, title="Enabled")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> StreamConfig:
-        if self.whip and self.url:
-            raise ValueError("give either `url` or `whip: true`, not both")
-        if not self.whip and not self.url:
-            raise ValueError("needs a source: `url: ...` (rtsp, http(s), HLS or a file) or `whip: true`")
-        return self
-
-
-class IngestConfig(_Section):
-    """Defaults for every stream, and the reconnect schedule."""
-
-    fps: float = Field(default=1.0, gt=0, le=30, title="Default sample rate")
-    policy: Literal["lower_fps", "skip", "wait"] = Field(
-        default="lower_fps", title="Default backpressure policy"
-    )
-    min_fps: float = Field(default=0.125, gt=0, title="Lowest rate `lower_fps` may reach")
-    max_pending_clips: int = Field(default=4, ge=1, le=256, title="Clips a stream may queue for the encoder")
-    max_side: int | None = Field(
-        default=960,
-        ge=16,
-        title="Largest sampled frame side",
-        description="Bigger frames are shrunk before encoding",
-    )
-    backoff_initial_s: float = Field(default=0.5, gt=0, title="First reconnect delay (s)")
-    backoff_max_s: float = Field(default=10.0, gt=0, title="Longest reconnect delay (s)")
-    thumbnail_width: int = Field(default=160, ge=16, le=1024, title="Thumbnail width (px)")
-    whip_listen: str = Field(
-        default="127.0.0.1:8090",
-        pattern=r"^[^\s:]+:\d{1,5}$",
-        title="WHIP listen address",
-        description="HOST:PORT where `flashlive ingest` serves WHIP for `whip: true` streams (/whip/NAME)",
-    )
-
-
-class ModelConfig(_Section):
-    name: str = Field(
-        default="tiny", title="Model", description="Preset name, checkpoint directory or repo id"
-    )
-    device: str = Field(default="cpu", title="Device", description="cpu, cuda, cuda:N or auto")
-    max_batch: int = Field(default=8, ge=1, le=256, title="Clips per encoder batch")
-
-
-class MemoryConfig(_Section):
-    redis_url: str | None = Field(
-        default=None,
-        title="Redis URL",
-        description="redis://host:port/db; empty: an embedded server in data_dir",
-    )
-    data_dir: str | None = Field(default=None, title="Embedded Redis data directory")
-    retention_s: float | None = Field(
-        default=None, gt=0, title="Keep clips this long (s)", description="Empty: forever"
-    )
-    max_bytes: int | None = Field(default=None, gt=0, title="Byte budget per stream")
-
-    @field_validator("redis_url", "data_dir", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: object) -> object:
-        return None if v == "" else v
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class WorkerConfig(_Section):
-    device: str = Field(default="auto", title="Device")
+    device: Device = Field(default="auto", title="Device", description=DEVICE_RULE)
     concurrency: int = Field(default=1, ge=1, le=64, title="Jobs at once per worker")
     job_timeout_s: float = Field(default=300.0, gt=0, title="Job timeout (s)")
 
@@ -168,24 +68,35 @@ class WebConfig(_Section):
         default=None, title="WHIP bearer token", description="Empty: no token"
     )
 
+    @field_validator("whip_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
 
 StreamName = Annotated[str, StringConstraints(pattern=STREAM_NAME.pattern)]
-NAME_RULE = "use letters, digits, '_', '.', '-', starting with a letter or digit, at most 128"
 
 
 class FlashliveConfig(_Section):
-    streams: dict[StreamName, StreamConfig] = Field(default_factory=dict, title="Streams, keyed by name")
-    ingest: IngestConfig = Field(default_factory=IngestConfig, title="Ingest defaults")
-    model: ModelConfig = Field(default_factory=ModelConfig, title="Model")
-    memory: MemoryConfig = Field(default_factory=MemoryConfig, title="Memory")
+    """The whole file. Each library owns the section of what it runs (`stream.settings`,
+    `model.settings`, `memory.settings`); the worker and web sections belong to the app."""
+
+    streams: dict[StreamName, StreamSettings] = Field(default_factory=dict, title="Streams, keyed by name")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, title="Ingest defaults")
+    model: ModelSettings = Field(default_factory=ModelSettings, title="Model")
+    memory: MemorySettings = Field(default_factory=MemorySettings, title="Memory")
     worker: WorkerConfig = Field(default_factory=WorkerConfig, title="Query workers")
     web: WebConfig = Field(default_factory=WebConfig, title="Web server")
 
-    @model_validator(mode="after")
-    def _backoff(self) -> FlashliveConfig:
-        if self.ingest.backoff_max_s < self.ingest.backoff_initial_s:
-            raise ValueError("ingest.backoff_max_s must be at least ingest.backoff_initial_s")
-        return self
+
+# settings that moved; a file that still uses the old place gets told the new one
+MOVED: dict[Path_, str] = {
+    ("memory", "redis_url"): "memory.redis.url",
+    ("memory", "data_dir"): "memory.redis.data_dir",
+    ("memory", "retention_s"): "memory.retention.seconds",
+    ("memory", "max_bytes"): "memory.retention.max_bytes",
+    ("model", "max_batch"): "ingest.max_batch",
+}
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -334,24 +245,42 @@ def parse_config(
             else p: n
             for p, n in lines.items()
         }
+    return config_from_data(data, source=source, lines=lines)
+
+
+def config_from_data(
+    data: Mapping[str, Any], *, source: str = "<config>", lines: Mapping[Path_, int] | None = None
+) -> FlashliveConfig:
+    """Validate parsed data (a file's, or one the command line built): ConfigError with every problem,
+    with its line when `lines` knows it."""
     try:
         return FlashliveConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"]
-            if loc and loc[-1] == "[key]":
-                loc = loc[:-1]
-                msg = f"bad name {loc[-1]!r}: {NAME_RULE}"
-            elif err["type"] == "extra_forbidden":
-                msg = "unknown setting (check the spelling; see docs/ingest.md for the schema)"
-            elif err["type"] == "missing":
-                msg = "required setting is missing"
-            elif msg.startswith("Value error, "):
-                msg = msg.removeprefix("Value error, ")
-            problems.append(Problem(_line_for(loc, lines), _dotted(loc), msg))
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, problems_of(exc, lines or {})) from None
+
+
+def problems_of(exc: ValidationError, lines: Mapping[Path_, int]) -> list[Problem]:
+    """pydantic's errors as Problems: dotted path, plain message, the line it came from."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-1]
+            msg = f"bad name {loc[-1]!r}: {NAME_RULE}"
+        elif err["type"] == "extra_forbidden":
+            moved = MOVED.get(loc)
+            msg = (
+                f"moved to {moved}"
+                if moved
+                else "unknown setting (check the spelling; see docs/ingest.md for the schema)"
+            )
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        problems.append(Problem(_line_for(loc, lines), _dotted(loc), msg))
+    return problems
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> FlashliveConfig:

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from flashlive.memory.server import RedisServer, running_server_url
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
 
 
 @contextlib.asynccontextmanager
-async def open_memory(
-    url: str | None, *, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any
-) -> AsyncIterator[VideoMemory]:
-    """`url` (from `flashlive.settings.redis_url_from_env`) or, when None, the embedded server on
-    `data_dir`: one already running there is reused, otherwise one is started and stopped on exit."""
+async def open_memory(settings: RedisSettings, **kwargs: Any) -> AsyncIterator[VideoMemory]:
+    """A `VideoMemory` on `settings.url` or, without one, on the embedded server of `settings.data_dir`:
+    one already running there is reused, otherwise one is started here and stopped on exit.
+    `kwargs` go to `VideoMemory` (retention, buffer size, ...)."""
     server: RedisServer | None = None
-    if url is None:
-        url = running_server_url(data_dir)
-    if url is None:
-        server = await RedisServer(data_dir).astart()
-        url = server.url
-    memory = VideoMemory.from_url(url, **kwargs)
+    if settings.url is None:
+        url = running_server_url(settings.data_path)
+        if url is None:
+            server = await RedisServer(settings.data_path).astart()
+            url = server.url
+        settings = settings.model_copy(update={"url": url})
+    memory = VideoMemory.from_settings(settings, **kwargs)
     try:
         yield memory
     finally:

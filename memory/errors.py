@@ -30,6 +30,10 @@ class RangeOutsideMemoryError(MemoryStoreError, LookupError):
     """No clip of the stream starts inside the requested range."""
 
 
+class EmptyStreamError(RangeOutsideMemoryError):
+    """The stream exists (its ingest has started) but holds no clip yet."""
+
+
 class EncoderMismatchError(MemoryStoreError):
     """Tokens written by one encoder were about to be read (or appended) as another's."""
 
@@ -49,6 +53,10 @@ class EncoderMismatchError(MemoryStoreError):
 
 class OutOfOrderClipError(MemoryStoreError):
     """A clip that does not start after the stream's newest clip (and is not a retry of one)."""
+
+
+class MemoryUnavailableError(MemoryStoreError, ConnectionError):
+    """Redis cannot be reached for a call that is not buffered (appends are: they never raise this)."""
 
 
 class CorruptEntryError(MemoryStoreError):

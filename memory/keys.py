@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from flashlive.memory.errors import InvalidRequestError
 
 DEFAULT_PREFIX = "fl"
+# The one stream-name rule: the memory's keys, the config's stream names and WHIP URLs all use it.
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RULE = "use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 # Entry ids are "<start ms>-1": Redis refuses the id 0-0, and a file that starts at 0 s needs one.
 ENTRY_SEQ = 1
 MAX_ID_MS = 2**53  # times are floats: beyond this their milliseconds are not exact
@@ -50,10 +51,7 @@ def streams_key(prefix: str) -> str:
 
 def check_stream_name(name: object) -> str:
     if not isinstance(name, str) or not STREAM_NAME.match(name):
-        raise InvalidRequestError(
-            f"bad stream name {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit"
-        )
+        raise InvalidRequestError(f"bad stream name {name!r}: {NAME_RULE}")
     return name
 
 
@@ -88,21 +86,84 @@ def range_ids(start: float | None, end: float | None) -> tuple[str, str]:
     return lo, str(hi_ms) if hi_ms >= 0 else "0-0"
 
 
-def strip_credentials(source: str) -> str:
-    """rtsp://user:pass@cam/x -> rtsp://cam/x; secrets in the query string are dropped too."""
-    try:
-        parts = urlsplit(source)
-    except ValueError:
-        return source
-    if not parts.scheme or not parts.netloc:
-        return source
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    query = "&".join(
-        kv
-        for kv in parts.query.split("&")
-        if kv and not re.match(r"(?i)(token|key|secret|pass(word)?|auth|sig(nature)?)=", kv)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+# -- query workers: jobs, results, watches, events (docs/workers.md) ------------------------------
+
+JOBS_GROUP = "workers"  # the consumer group every query worker reads the job stream through
+
+
+def jobs_key(prefix: str) -> str:
+    """Stream of ask jobs (one consumer group, `JOBS_GROUP`). Acked entries are deleted."""
+    return f"{prefix}:jobs"
+
+
+def workers_key(prefix: str) -> str:
+    """Set of worker names that have sent a heartbeat (dead ones are removed when noticed)."""
+    return f"{prefix}:workers"
+
+
+def worker_key(prefix: str, name: str) -> str:
+    """String with a TTL: a worker's heartbeat (JSON `WorkerInfo`)."""
+    return f"{prefix}:worker:{name}"
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """A job's keys share the hash tag `{job id}`, so its scripts are legal on a Redis Cluster."""
+
+    prefix: str
+    job: str
+
+    @property
+    def state(self) -> str:  # Hash: status, attempt, owner, cancel, final (terminal record id), times
+        return f"{self.prefix}:job:{{{self.job}}}:state"
+
+    @property
+    def results(self) -> str:  # Stream: pieces, then one final or error record (field `m`, JSON)
+        return f"{self.prefix}:job:{{{self.job}}}:out"
+
+
+@dataclass(frozen=True)
+class WatchKeys:
+    """A stream's watch keys carry the stream's hash tag: the tick scripts also read its clips."""
+
+    prefix: str
+    stream: str
+
+    @property
+    def watches(self) -> str:  # Hash: watch id -> Watch (JSON)
+        return f"{self.prefix}:{{{self.stream}}}:watches"
+
+    @property
+    def states(self) -> str:  # Hash: watch id -> WatchState (JSON): the event life cycle
+        return f"{self.prefix}:{{{self.stream}}}:watchstate"
+
+    @property
+    def ticks(self) -> str:  # Hash: done (last evaluated clip id), inflight, owner, lease, counters
+        return f"{self.prefix}:{{{self.stream}}}:ticks"
+
+    @property
+    def events(self) -> str:  # Stream: Event (JSON, field `m`); clients resume from the last id seen
+        return f"{self.prefix}:{{{self.stream}}}:events"
+
+    @property
+    def clips(self) -> str:
+        return StreamKeys(self.prefix, self.stream).clips
+
+    @property
+    def meta(self) -> str:
+        return StreamKeys(self.prefix, self.stream).meta
+
+
+def watch_index_key(prefix: str) -> str:
+    """Hash: watch id -> stream name (delete and look up by id alone)."""
+    return f"{prefix}:watches"
+
+
+def watched_key(prefix: str) -> str:
+    """Set of streams that have at least one watch: what workers schedule ticks for."""
+    return f"{prefix}:watched"
+
+
+def events_channel(prefix: str) -> str:
+    """Pub/sub channel on which every event is published live (JSON: `{"id": entry id, "event": ...}`)."""
+    return f"{prefix}:events:live"

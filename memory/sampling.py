@@ -30,3 +30,21 @@ def uniform_indices(n: int, budget: int) -> list[int]:
     if budget == 1:
         return [0]
     return [i * (n - 1) // (budget - 1) for i in range(budget)]
+
+
+def check_recent(recent: object, budget: int | None) -> int:
+    if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+        raise InvalidRequestError(f"recent must be a whole number of clips >= 0, not {recent!r}")
+    if budget is not None and recent > budget:
+        raise InvalidRequestError(f"recent ({recent} clips) is more than the budget ({budget} clips)")
+    return recent
+
+
+def recent_indices(n: int, budget: int, recent: int) -> list[int]:
+    """Like `uniform_indices`, but the newest `recent` clips are always kept and the rest of the budget
+    is spread uniformly over the older clips (the "what is happening now" option of a query)."""
+    if n <= budget:
+        return list(range(n))
+    recent = min(recent, budget)
+    older = uniform_indices(n - recent, budget - recent) if budget > recent else []
+    return older + list(range(n - recent, n))

@@ -28,10 +28,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from flashlive.memory.settings import default_data_dir
+
 log = logging.getLogger(__name__)
 
 SERVER_BINARY_ENV = "FLASHLIVE_REDIS_SERVER"
-DATA_DIR_ENV = "FLASHLIVE_DATA_DIR"
 SYSTEM_BINARIES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
 
 
@@ -72,48 +73,76 @@ def server_version(binary: str) -> tuple[int, int, int]:
     raise RedisServerError(f"cannot read the version of {binary}: {out.strip()!r}")
 
 
-def default_data_dir() -> Path:
-    """$FLASHLIVE_DATA_DIR/redis, else $XDG_DATA_HOME/flashlive/redis (~/.local/share/...)."""
-    base = os.environ.get(DATA_DIR_ENV)
-    if base:
-        return Path(base) / "redis"
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "flashlive" / "redis"
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _probe(host: str, port: int, unix_socket: str | None, pid: int, timeout: float = 0.5) -> str:
-    """'ok' when the server answering is process `pid` with its data loaded, 'loading' or 'down'.
+# The readiness probe: raw RESP, so no client library is involved. INFO persistence says whether the
+# data is loaded; INFO server gives the pid, because another server may already answer on that port
+# (ours then fails to bind).
+_PROBE = b"*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
+_PROBE_TIMEOUT = 0.5
 
-    Checks the pid from INFO: another server may already answer on that port (ours then fails to bind).
-    Raw RESP, so no client library is involved.
-    """
+
+def _probe_done(reply: bytes) -> bool:
+    return b"process_id:" in reply and reply.endswith(b"\r\n")
+
+
+def _probe_verdict(reply: bytes, pid: int) -> str:
+    """'ok' when the server answering is process `pid` with its data loaded, 'loading' or 'down'."""
+    text = reply.decode(errors="replace")
+    if f"process_id:{pid}\r\n" not in text:
+        return "down"
+    return "ok" if "loading:0\r\n" in text else "loading"
+
+
+def _probe(host: str, port: int, unix_socket: str | None, pid: int) -> str:
     try:
         if unix_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
+            sock.settimeout(_PROBE_TIMEOUT)
             sock.connect(unix_socket)
         else:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=_PROBE_TIMEOUT)
         with sock:
-            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            sock.sendall(_PROBE)
             reply = b""
-            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+            while not _probe_done(reply):
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 reply += chunk
     except OSError:
         return "down"
-    text = reply.decode(errors="replace")
-    if f"process_id:{pid}\r\n" not in text:
+    return _probe_verdict(reply, pid)
+
+
+async def _aprobe(host: str, port: int, unix_socket: str | None, pid: int) -> str:
+    """`_probe` on the event loop: never blocks it, also not while Redis is slow to answer."""
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            if unix_socket:
+                reader, writer = await asyncio.open_unix_connection(unix_socket)
+            else:
+                reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(_PROBE)
+                await writer.drain()
+                reply = b""
+                while not _probe_done(reply):
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
         return "down"
-    return "ok" if "loading:0\r\n" in text else "loading"
+    return _probe_verdict(reply, pid)
 
 
 def _send_shutdown(host: str, port: int, unix_socket: str | None) -> None:
@@ -251,7 +280,8 @@ class RedisServer:
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
 
-    def _check_ready(self) -> bool:
+    def _logged_ready(self) -> bool:
+        """Whether the log says all data is in; RedisServerError when the process has exited."""
         assert self.process is not None
         if self.process.poll() is not None:
             err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
@@ -269,7 +299,7 @@ class RedisServer:
                     return False
         except OSError:
             return False
-        return _probe(self.host, self.port or 0, self.unix_socket, self.process.pid) == "ok"
+        return True
 
     def _ready(self) -> None:
         assert self.process is not None
@@ -277,28 +307,33 @@ class RedisServer:
         log.info("redis-server pid %d ready at %s", self.process.pid, self.url)
 
     def start(self) -> RedisServer:
-        """Start (or restart after stop/kill) and wait until it answers PING with its data loaded."""
+        """Start (or restart after stop/kill) and wait until it answers with its data loaded."""
         self._spawn()
-        for _ in self._until_ready():
+        deadline = time.monotonic() + self.start_timeout
+        while not (self._logged_ready() and _probe(*self._probe_args()) == "ok"):
+            self._check_deadline(deadline)
             time.sleep(0.02)
         self._ready()
         return self
 
     async def astart(self) -> RedisServer:
+        """`start` for the event loop: the readiness probe is async, the loop never waits on it."""
         self._spawn()
-        for _ in self._until_ready():
+        deadline = time.monotonic() + self.start_timeout
+        while not (self._logged_ready() and await _aprobe(*self._probe_args()) == "ok"):
+            self._check_deadline(deadline)
             await asyncio.sleep(0.02)
         self._ready()
         return self
 
-    def _until_ready(self) -> Iterator[None]:
-        """Yield while the spawned server is not ready yet; the caller sleeps its own way in between."""
-        deadline = time.monotonic() + self.start_timeout
-        while not self._check_ready():
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RedisServerError(f"redis-server did not answer within {self.start_timeout:.0f} s")
-            yield
+    def _probe_args(self) -> tuple[str, int, str | None, int]:
+        assert self.process is not None
+        return self.host, self.port or 0, self.unix_socket, self.process.pid
+
+    def _check_deadline(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            self.kill()
+            raise RedisServerError(f"redis-server did not answer within {self.start_timeout:.0f} s")
 
     def stop(self, timeout: float = 10.0, *, release: bool = True) -> None:
         """SHUTDOWN (Redis writes and syncs the AOF), wait; SIGTERM, then SIGKILL on timeout.

@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -29,9 +27,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flashlive.memory.codec import EncodedClip, decode_info, decode_tokens, encode_clip, entry_tail, to_clip
 from flashlive.memory.errors import (
     CorruptEntryError,
+    EmptyStreamError,
     EncoderMismatchError,
     InvalidRequestError,
     MemoryStoreError,
+    MemoryUnavailableError,
     OutOfOrderClipError,
     RangeOutsideMemoryError,
     UnknownStreamError,
@@ -45,20 +45,21 @@ from flashlive.memory.keys import (
     id_ms,
     range_ids,
     streams_key,
-    strip_credentials,
 )
-from flashlive.memory.sampling import check_budget, uniform_indices
+from flashlive.memory.redact import redact
+from flashlive.memory.sampling import check_budget, check_recent, recent_indices
 from flashlive.memory.scripts import APPEND, WINDOW_IDS
-from flashlive.memory.types import Clip, ClipInfo, StreamStats
+from flashlive.memory.settings import RedisSettings, Retention
+from flashlive.memory.types import Clip, ClipInfo, IngestCounters, StreamState, StreamStats, StreamStatus
 
 log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-STATES = ("connecting", "live", "retrying", "stopped")
-# meta fields only the memory writes
+# meta fields the memory writes itself (the append script, or set_state's own arguments)
 RESERVED_META = frozenset(
     {"encoder_id", "bytes", "last_start", "last_end", "last_id", "updated", "created", "trimmed_clips",
-     "trimmed_bytes", "dropped", "duplicates", "retention_ms", "max_bytes", "state_since"}
+     "trimmed_bytes", "dropped", "duplicates", "retention_ms", "max_bytes", "state", "state_since",
+     "reported", "source", "error", "metrics"}
 )  # fmt: skip
 FETCH_CHUNK = 256  # token blobs per HMGET: bounds the size of one reply
 
@@ -83,42 +84,24 @@ class AppendStatus(enum.StrEnum):
     BUFFERED = "buffered"  # Redis unreachable: held locally, written in order after reconnect
 
 
-@dataclass(frozen=True)
-class Retention:
-    """Per-stream retention, enforced on every append. 0 turns a limit off.
-
-    `seconds`: keep clips that start at or after (newest clip's start - seconds), on the stream timeline.
-    `max_bytes`: token + thumbnail bytes per stream; the oldest clips go first, the newest always stays.
-    """
-
-    seconds: float = 24 * 3600.0
-    max_bytes: int = 2 * 1024**3
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.seconds) or self.seconds < 0:
-            raise InvalidRequestError(f"retention seconds must be >= 0, not {self.seconds}")
-        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 0:
-            raise InvalidRequestError(
-                f"retention max_bytes must be a whole number >= 0, not {self.max_bytes}"
-            )
-
-
 def _s(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def make_client(url: str, **kwargs: Any) -> aioredis.Redis:
+def make_client(settings: RedisSettings) -> aioredis.Redis:
     """A binary-safe client that fails fast when Redis is away (the append buffer does the waiting)."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": 2.0,
-        "socket_timeout": 10.0,
-        "retry": Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection may predate a restart
-        "health_check_interval": 0,
-    }
-    options.update(kwargs)
-    return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    if settings.url is None:
+        raise InvalidRequestError("no Redis URL: open the embedded server with memory.connect.open_memory")
+    return aioredis.Redis.from_url(
+        settings.url,
+        decode_responses=False,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
+        retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection may predate a restart
+        health_check_interval=0,
+    )
 
 
 def check_encoder_id(encoder_id: object) -> None:
@@ -128,7 +111,9 @@ def check_encoder_id(encoder_id: object) -> None:
 
 
 class VideoMemory:
-    """Async access to the memory. Build it with `VideoMemory(client)` or `VideoMemory.from_url(url)`."""
+    """Async access to the memory. Build it with `VideoMemory.from_settings(RedisSettings)` (or
+    `from_url(url)`, or `VideoMemory(client)`); `retention` applies to this instance's appends and
+    defaults to keeping everything, as the config does."""
 
     def __init__(
         self,
@@ -160,8 +145,13 @@ class VideoMemory:
         self.rejected = 0  # buffered clips Redis refused on replay (out of order, encoder)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> VideoMemory:
-        return cls(make_client(url), owns_client=True, **kwargs)
+    def from_settings(cls, settings: RedisSettings, **kwargs: Any) -> VideoMemory:
+        """A memory on `settings.url` with `settings.prefix` (the embedded server: `open_memory`)."""
+        return cls(make_client(settings), prefix=settings.prefix, owns_client=True, **kwargs)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> VideoMemory:
+        return cls.from_settings(RedisSettings.from_dsn(url, prefix=prefix), **kwargs)
 
     def keys(self, stream: str) -> StreamKeys:
         return StreamKeys(self.prefix, check_stream_name(stream))
@@ -193,10 +183,11 @@ class VideoMemory:
 
     async def _write(self, enc: EncodedClip) -> AppendStatus:
         keys = StreamKeys(self.prefix, enc.stream)
+        retention_ms, max_bytes = self.retention.script_args
         args: list[Any] = [
             enc.id_ms, enc.stream, enc.start, enc.end, enc.frames, enc.encoder_id, "float16", enc.shape,
-            enc.wall_start, enc.extra, enc.tokens, enc.thumbnail,
-            round(self.retention.seconds * 1000), self.retention.max_bytes, repr(time.time()), enc.tail,
+            enc.wall_start, enc.extra, enc.tokens, enc.thumbnail, retention_ms, max_bytes, repr(time.time()),
+            enc.tail,
         ]  # fmt: skip
         try:
             reply = await self._append_script(
@@ -283,27 +274,81 @@ class VideoMemory:
             await asyncio.sleep(0.01)
         return True
 
-    async def set_state(self, stream: str, state: str, **fields: str | float | int) -> None:
-        """Record the ingest life cycle (connecting, live, retrying, stopped) and free-form fields.
+    async def set_state(
+        self,
+        stream: str,
+        state: StreamState | str,
+        *,
+        since: float | None = None,
+        source: str | None = None,
+        error: str | None = None,
+        metrics: IngestCounters | None = None,
+        **fields: str | float | int,
+    ) -> None:
+        """Report a stream's ingest status: its state, since when (unix time; default now), the source
+        (stored with credentials masked), the error that made it retry or stop, its metrics, and any
+        free-form fields. Ingest calls it on every change and every few seconds; any process reads it
+        back with `status`. Creates the stream's entry if needed.
 
-        A `source` field is stored with credentials removed. Creates the stream's entry if needed.
+        Raises InvalidRequestError for an unknown state or a field the memory keeps itself, and
+        MemoryUnavailableError when Redis cannot be reached (nothing is buffered: the next report
+        replaces this one).
         """
         keys = self.keys(stream)
-        if state not in STATES:
-            raise InvalidRequestError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        try:
+            state = StreamState(state)
+        except ValueError:
+            names = ", ".join(s.value for s in StreamState)
+            raise InvalidRequestError(f"state must be one of {names}, not {state!r}") from None
         bad = sorted(set(fields) & RESERVED_META)
         if bad:
             raise InvalidRequestError(f"meta fields {bad} are kept by the memory itself")
+        now = time.time()
         mapping: dict[str, str] = {k: str(v) for k, v in fields.items()}
-        if "source" in mapping:
-            mapping["source"] = strip_credentials(mapping["source"])
-        mapping["state"] = state
-        mapping["state_since"] = repr(time.time())
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.meta, mapping=mapping)  # type: ignore[arg-type]
-            pipe.hsetnx(keys.meta, "created", repr(time.time()))
-            pipe.sadd(streams_key(self.prefix), stream)
-            await pipe.execute()
+        mapping.update(state=state.value, state_since=repr(since or now), reported=repr(now))
+        if source is not None:
+            mapping["source"] = redact(source)
+        if error is not None:
+            mapping["error"] = error
+        if metrics is not None:
+            mapping["metrics"] = metrics.to_json()
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.meta, mapping=mapping)  # type: ignore[arg-type]
+                pipe.hsetnx(keys.meta, "created", repr(now))
+                pipe.sadd(streams_key(self.prefix), stream)
+                await pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise MemoryUnavailableError(f"cannot report the state of {stream!r}: {exc}") from exc
+        except RedisError as exc:
+            raise MemoryStoreError(f"redis refused the state of {stream!r}: {exc}") from exc
+
+    async def status(self, stream: str) -> StreamStatus:
+        """What ingest last reported about `stream` (`set_state`), from whichever process wrote it.
+
+        UnknownStreamError when the stream has no entry or never had a state reported.
+        """
+        fields = ["state", "state_since", "reported", "source", "error", "metrics"]
+        raw = await self.client.hmget(self.keys(stream).meta, fields)
+        values = dict(zip(fields, (_s(v) if v is not None else None for v in raw), strict=True))
+        if values["state"] is None:
+            raise UnknownStreamError(stream)
+        try:
+            state = StreamState(values["state"])
+            metrics = IngestCounters.from_json(values["metrics"]) if values["metrics"] else IngestCounters()
+            since = float(values["state_since"] or 0.0)
+            reported = float(values["reported"] or since)
+        except (ValueError, TypeError) as exc:
+            raise CorruptEntryError(f"stream {stream!r}: its status in meta cannot be read ({exc})") from None
+        return StreamStatus(
+            stream=stream,
+            state=state,
+            since=since,
+            reported=reported,
+            source=values["source"] or "",
+            error=values["error"] or "",
+            metrics=metrics,
+        )
 
     async def delete(self, stream: str, *, missing_ok: bool = False) -> bool:
         """Remove every key of the stream (and its buffered clips). UnknownStreamError unless `missing_ok`."""
@@ -382,7 +427,7 @@ class VideoMemory:
             raise EncoderMismatchError(stream, stored_encoder, encoder_id)
         if last is not None:
             if last_end is None:
-                raise RangeOutsideMemoryError(f"stream {stream!r} holds no clips yet")
+                raise EmptyStreamError(f"stream {stream!r} holds no clips yet")
             start, end = float(last_end) - last, None
         return keys, start, end
 
@@ -397,7 +442,7 @@ class VideoMemory:
             first, last_end, trimmed = await pipe.execute()
         asked = f"[{'-inf' if start is None else start}, {'+inf' if end is None else end})"
         if not first:
-            return RangeOutsideMemoryError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
+            return EmptyStreamError(f"stream {keys.name!r} holds no clips yet (asked for {asked})")
         first_start = float(_s(first[0][1][b"s"]))
         if (end is None or end > first_start) and (start is None or start < float(_s(last_end))):
             return None  # inside the span, between clips (a pause in the stream): an empty answer
@@ -435,12 +480,15 @@ class VideoMemory:
         end: float | None = None,
         last: float | None = None,
         budget: int | None = None,
+        recent: int = 0,
         thumbnails: bool = False,
         strict: bool = False,
     ) -> list[Clip]:
         """Clips whose start lies in [start, end) (or in the last `last` seconds before the newest clip's
         end), in time order, tokens decoded. With `budget`, at most that many clips, picked uniformly
         over the window (`sampling.uniform_indices`): deterministic, first and last clip included.
+        With `recent=K` as well, the newest K clips are always among them and the rest of the budget
+        is spread over the older ones (`sampling.recent_indices`).
 
         Raises UnknownStreamError, InvalidRequestError, EncoderMismatchError, RangeOutsideMemoryError
         (no clip starts in the window). A corrupt entry is logged and skipped, or raises
@@ -448,23 +496,24 @@ class VideoMemory:
         """
         if budget is not None:
             budget = check_budget(budget)
+        recent = check_recent(recent, budget)
         check_encoder_id(encoder_id)
         keys, start, end = await self._resolve(stream, start, end, last, encoder_id)
         if budget is None:
             entries = await self._entries(keys, start, end)
         else:
-            entries = await self._sampled_entries(keys, start, end, budget)
+            entries = await self._sampled_entries(keys, start, end, budget, recent)
         return await self._with_tokens(keys, entries, encoder_id, thumbnails, strict)
 
     async def _sampled_entries(
-        self, keys: StreamKeys, start: float | None, end: float | None, budget: int
+        self, keys: StreamKeys, start: float | None, end: float | None, budget: int, recent: int = 0
     ) -> list[_Entry]:
         """The window's ids first (one string), then only the chosen entries' fields."""
         lo, hi = range_ids(start, end)
         ids = _s(await self._window_script(keys=[keys.clips], args=[lo, hi])).split()
         if len(ids) <= budget:
             return await self._entries(keys, start, end)
-        chosen = [ids[i] for i in uniform_indices(len(ids), budget)]
+        chosen = [ids[i] for i in recent_indices(len(ids), budget, recent)]
         async with self.client.pipeline(transaction=False) as pipe:
             for eid in chosen:
                 pipe.xrange(keys.clips, eid, eid, count=1)

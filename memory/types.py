@@ -6,9 +6,20 @@ without importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import json
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
+
+
+class StreamState(enum.StrEnum):
+    """A stream's ingest life cycle: connecting -> live -> (retrying -> connecting -> live)* -> stopped."""
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    RETRYING = "retrying"
+    STOPPED = "stopped"
 
 
 @dataclass
@@ -62,7 +73,7 @@ class StreamStats:
     dropped: int  # lost to a full local buffer while Redis was unreachable
     duplicates: int  # appends ignored because that clip was already stored
     encoder_id: str
-    state: str
+    state: str  # a StreamState, or "" before ingest reported one
 
     @property
     def span(self) -> float:
@@ -71,12 +82,51 @@ class StreamStats:
         return self.last_end - self.first_start
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """A clip an answer cites: `score` is the share of the model's attention to the video that this
-    clip's tokens received (from the last prompt token, see docs/model.md)."""
+@dataclass
+class IngestCounters:
+    """The numbers ingest keeps per stream. Written to memory with the state (`VideoMemory.set_state`,
+    every few seconds while the stream runs), so any process can read them (`VideoMemory.status`)."""
 
-    clip_id: str
-    start: float
-    end: float
-    score: float
+    frames_in: int = 0  # decoded frames seen
+    frames_sampled: int = 0
+    clips: int = 0  # clips appended to memory
+    dropped_clips: int = 0  # clips skipped by backpressure
+    pending_clips: int = 0  # complete clips waiting for the encoder
+    lag_s: float = 0.0  # seconds the oldest waiting clip has waited (0 when caught up)
+    latency_s: float = 0.0  # last clip: complete -> stored
+    sample_fps: float = 0.0  # current sample rate (lower than configured under `lower_fps`)
+    input_fps: float = 0.0  # decoded frames per second, smoothed
+    reconnects: int = 0
+    errors: int = 0
+
+    def counters(self) -> IngestCounters:
+        """A copy holding only these fields (also from a subclass that keeps more)."""
+        return IngestCounters(**{f.name: getattr(self, f.name) for f in fields(IngestCounters)})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self.counters()), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> IngestCounters:
+        """Parse what `to_json` wrote; fields this version does not know are ignored (a newer writer)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        out = cls()
+        for f in fields(cls):
+            if f.name in data:
+                setattr(out, f.name, int(data[f.name]) if f.type == "int" else float(data[f.name]))
+        return out
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """What ingest last reported about a stream, as any process reads it from memory."""
+
+    stream: str
+    state: StreamState
+    since: float  # unix time the state began
+    reported: float  # unix time of the report (a stale one: the ingest process is gone)
+    source: str  # with credentials masked
+    error: str  # why the stream is retrying or stopped ("" when it is not)
+    metrics: IngestCounters

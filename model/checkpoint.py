@@ -33,6 +33,7 @@ from flashlive.model.config import (
     VisionConfig,
     get_preset,
 )
+from flashlive.model.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,9 @@ TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-TOWER_IMAGE_SIZE = {"umt-large": 224, "umt-hd-large": 448}
+RELEASED_TOWERS = {224: "umt-large", 448: "umt-hd-large"}  # the names the released configs carry
 SUPPORTED_PROJECTOR = "tome16_mlp_hd64"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be found or does not fit the model; the message names the file or key."""
 
 
 # ---------------------------------------------------------------- locating
@@ -108,27 +105,71 @@ def _as_float_list(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
-    """Map a released config.json onto FlashConfig, refusing what this implementation cannot run."""
-    tower = raw.get("mm_vision_tower", "umt-large")
-    if tower not in TOWER_IMAGE_SIZE:
+# What the release can run and we implement. Each entry: key -> (value when absent, accepted values).
+# `llava_arch.py::prepare_inputs_labels_for_multimodal` (HF: modeling_videochat_flash.py) reads these;
+# for a video, every accepted value gives the clips' tokens concatenated in order, with nothing added.
+_ACCEPTED: dict[str, tuple[object, tuple[object, ...]]] = {
+    "vision_encode_type": ("image", ("video_image",)),  # "image" raises NotImplementedError there
+    "mm_patch_merge_type": ("flat", ("flat", "spatial", "spatial_nopad")),  # "unpad" adds a newline weight
+    "mm_newline_position": ("nothing", ("nothing",)),  # "one_token" appends a learned newline token
+    "frame_aspect_ratio": ("square", ("square",)),  # "anyres" raises NotImplementedError there
+    "rope_scaling": (None, (None,)),  # no scaled rotary embedding is implemented here
+}
+# Towers the release's `multimodal_encoder/builder.py::build_vision_tower` matches before UMT.
+_OTHER_TOWERS_IN = ("clip-vit", "ShareGPT4V", "siglip", "internvideo2")
+_OTHER_TOWERS_START = ("openai", "laion")
+UMT_DEPTH = 24  # UMT-L has 24 blocks; the release builds depth + mm_vision_select_layer + 1 of them
+
+
+def tower_image_size(name: str) -> int:
+    """The release picks the tower by substring: "umt-hd" -> 448, else "umt" -> 224."""
+    if any(other in name for other in _OTHER_TOWERS_IN) or name.startswith(_OTHER_TOWERS_START):
+        raise CheckpointError(f"config.json: mm_vision_tower {name!r} is not supported (only UMT towers)")
+    if "umt-hd" in name:
+        return 448
+    if "umt" in name:
+        return 224
+    raise CheckpointError(f"config.json: mm_vision_tower {name!r} is not supported (a name with 'umt')")
+
+
+def tower_layers(raw: dict[str, Any]) -> int:
+    """Blocks to build: depth + mm_vision_select_layer + 1 (umt/vit.py), 23 for the releases' -2."""
+    depth = int(raw.get("flashlive_vision_depth", UMT_DEPTH))
+    select = raw.get("mm_vision_select_layer", -2)
+    if not isinstance(select, int) or isinstance(select, bool) or not -depth <= select <= -1:
         raise CheckpointError(
-            f"config.json: mm_vision_tower {tower!r} is not supported (umt-large, umt-hd-large)"
+            f"config.json: mm_vision_select_layer {select!r} is not supported "
+            f"(a layer from the end of the tower: -1 to -{depth})"
         )
+    return depth + select + 1
+
+
+def check_supported(raw: dict[str, Any]) -> None:
+    """Refuse, naming the key, every setting this implementation would otherwise silently ignore."""
+    for key, (absent, accepted) in _ACCEPTED.items():
+        value = raw.get(key, absent)
+        if value not in accepted:
+            shown = ", ".join(repr(a) for a in accepted)
+            raise CheckpointError(f"config.json: {key} {value!r} is not supported (supported: {shown})")
     projector = raw.get("mm_projector_type", SUPPORTED_PROJECTOR)
     if projector != SUPPORTED_PROJECTOR:
         raise CheckpointError(
             f"config.json: mm_projector_type {projector!r} is not supported ({SUPPORTED_PROJECTOR})"
         )
+
+
+def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
+    """Map a released config.json onto FlashConfig, refusing what this implementation cannot run."""
+    check_supported(raw)
+    clip_frames = raw.get("mm_local_num_frames", 4)
+    if not isinstance(clip_frames, int) or clip_frames < 1:
+        raise CheckpointError(f"config.json: mm_local_num_frames {clip_frames!r} is not a positive integer")
     vision = VisionConfig(
-        image_size=TOWER_IMAGE_SIZE[tower],
-        clip_frames=int(raw.get("mm_local_num_frames", 4)),
+        image_size=tower_image_size(str(raw.get("mm_vision_tower", "umt-large"))),
+        clip_frames=clip_frames,
         width=int(raw.get("mm_hidden_size", 1024)),
-        **{
-            k: raw[f"flashlive_vision_{k}"]
-            for k in ("layers", "heads", "mlp_dim")
-            if f"flashlive_vision_{k}" in raw
-        },
+        layers=tower_layers(raw),
+        **{k: raw[f"flashlive_vision_{k}"] for k in ("heads", "mlp_dim") if f"flashlive_vision_{k}" in raw},
     )
     try:
         llm = LLMConfig(
@@ -171,7 +212,7 @@ def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
 def released_config_dict(cfg: FlashConfig) -> dict[str, Any]:
     """The config.json a released checkpoint of this shape carries (used to write tiny checkpoints)."""
     v, m = cfg.vision, cfg.llm
-    tower = {size: name for name, size in TOWER_IMAGE_SIZE.items()}.get(v.image_size)
+    tower = RELEASED_TOWERS.get(v.image_size)
     if tower is None:
         raise CheckpointError(f"image size {v.image_size} has no released tower name")
     raw: dict[str, Any] = {
@@ -190,9 +231,13 @@ def released_config_dict(cfg: FlashConfig) -> dict[str, Any]:
         "hidden_act": "silu",
         "torch_dtype": "bfloat16",
         "mm_vision_tower": tower,
+        "mm_vision_select_layer": -2,
         "mm_projector_type": SUPPORTED_PROJECTOR,
         "mm_hidden_size": v.width,
         "mm_local_num_frames": v.clip_frames,
+        "vision_encode_type": "video_image",
+        "mm_patch_merge_type": "spatial_nopad",
+        "mm_newline_position": "nothing",
         "mm_llm_compress": cfg.dropout is not None,
         "llm_compress_type": cfg.dropout.mode if cfg.dropout else "attention",
         "llm_compress_layer_list": list(cfg.dropout.layers) if cfg.dropout else [],
@@ -203,9 +248,10 @@ def released_config_dict(cfg: FlashConfig) -> dict[str, Any]:
         VisionConfig().heads,
         VisionConfig().mlp_dim,
     ):
-        # The release hard-codes UMT-L; tiny towers record their shape in extra keys.
+        # The release hard-codes UMT-L; tiny towers record their shape in extra keys (depth as the
+        # release counts it: the blocks built for mm_vision_select_layer -2, plus the one not run).
         raw.update(
-            flashlive_vision_layers=v.layers,
+            flashlive_vision_depth=v.layers + 1,
             flashlive_vision_heads=v.heads,
             flashlive_vision_mlp_dim=v.mlp_dim,
         )
@@ -282,6 +328,7 @@ def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, 
     """load_state_dict(strict=True), with errors that name the released key."""
     expected = module.state_dict()
     tied = tied_keys(module)
+    tensors = drop_tied_copies(tensors, tied, prefix)
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
@@ -297,10 +344,42 @@ def load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, 
     module.load_state_dict(tensors, strict=True)  # a tied module's pre-hook fills lm_head.weight
 
 
+# A tied key -> the key whose tensor it shares.
+TIED_SOURCES = {"lm_head.weight": "model.embed_tokens.weight"}
+
+
 def tied_keys(module: nn.Module) -> set[str]:
     """Keys a checkpoint may leave out because they share storage with another (a tied LM head)."""
     cfg = getattr(module, "config", None)
     return {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
+
+
+def drop_tied_copies(
+    tensors: dict[str, torch.Tensor], tied: set[str], prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """With `tie_word_embeddings` the head *is* the embedding; a stored copy of it is not loaded.
+
+    The 2B release stores `lm_head.weight` beside `tie_word_embeddings: true`. transformers ties the
+    head to the input embedding after loading (`PreTrainedModel.tie_weights`), so the embedding is
+    what the release computes with; a stored head that differs from it is reported, not used.
+    """
+    out = dict(tensors)
+    for key in tied & set(out):
+        stored = out.pop(key)
+        source = out.get(TIED_SOURCES[key])
+        if source is not None and not torch.equal(stored, source):
+            diff = (
+                float((stored.float() - source.float()).abs().max()) if stored.shape == source.shape else None
+            )
+            log.warning(
+                "%s%s is stored but tie_word_embeddings is true: using %s%s instead (max difference %s)",
+                prefix,
+                key,
+                prefix,
+                TIED_SOURCES[key],
+                "n/a (shapes differ)" if diff is None else f"{diff:.3g}",
+            )
+    return out
 
 
 def _more(keys: list[str]) -> str:
@@ -311,18 +390,32 @@ def _more(keys: list[str]) -> str:
 
 
 def save_released_layout(
-    ckpt_dir: Path, cfg: FlashConfig, parts: Iterable[tuple[str, nn.Module]], *, shard_bytes: int = 2 << 20
+    ckpt_dir: Path,
+    cfg: FlashConfig,
+    parts: Iterable[tuple[str, nn.Module]],
+    *,
+    shard_bytes: int = 2 << 20,
+    single_file: bool = False,
+    store_tied: bool = False,
 ) -> None:
-    """Write config.json and sharded safetensors + index, keys as in the release."""
+    """Write config.json and the weights with the release's keys.
+
+    Sharded safetensors + index (the 7B layout), or with `single_file` one `model.safetensors` and no
+    index (the 2B layout). `store_tied` writes a tied head too, as the 2B release does.
+    """
     from safetensors.torch import save_file
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, torch.Tensor] = {}
     for prefix, module in parts:
         for key, tensor in module.state_dict().items():
-            if key in tied_keys(module):
+            if key in tied_keys(module) and not store_tied:
                 continue
             state[prefix + key] = tensor.detach().contiguous().clone()
+    (ckpt_dir / "config.json").write_text(json.dumps(released_config_dict(cfg), indent=2))
+    if single_file:
+        save_file(state, str(ckpt_dir / SINGLE_FILE), metadata={"format": "pt"})
+        return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -340,7 +433,6 @@ def save_released_layout(
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (ckpt_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    (ckpt_dir / "config.json").write_text(json.dumps(released_config_dict(cfg), indent=2))
 
 
 # ---------------------------------------------------------------- dtype / device
@@ -355,14 +447,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if device == "cpu" and dtype != "fp32":
         log.warning("computing in %s on the CPU is several times slower than fp32", dtype)
     return DTYPES[dtype]
-
-
-def resolve_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} asked for, but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CheckpointError(f"unknown device {device!r}; use cpu or cuda[:N]")
-    return device
 
 
 def preset_or_dir(spec: str, *, download: bool = False) -> tuple[FlashConfig, Path | None]:

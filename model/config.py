@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from flashlive.model.errors import UnknownPresetError
+
 DROPOUT_MODES = ("uniform", "attention", "uniform0_attention", "uniform1_attention")
 
 
@@ -18,7 +20,10 @@ class VisionConfig:
 
     image_size: int = 224
     patch_size: int = 16
-    clip_frames: int = 4  # frames per clip; also the time length of the base position table
+    clip_frames: int = 4  # frames per clip (the release's mm_local_num_frames)
+    # The sinusoid table is defined for 4 frames whatever the clip length (the release's
+    # ckpt_num_frame=4 in umt/vit.py) and resized over time to clip_frames.
+    base_frames: int = 4
     width: int = 1024
     layers: int = 23
     heads: int = 16
@@ -167,10 +172,6 @@ PRESETS: dict[str, FlashConfig] = {
         max_frames=10_000,
     ),
 }
-
-
-class UnknownPresetError(ValueError):
-    pass
 
 
 def get_preset(name: str) -> FlashConfig:

@@ -14,8 +14,10 @@ import functools
 
 from transformers import PreTrainedTokenizerFast
 
+from flashlive.model.errors import TokenizerLoadError
 
-class DetokenizerError(ValueError):
+
+class DetokenizerError(TokenizerLoadError):
     """A tokenizer this decoder cannot handle."""
 
 

@@ -27,10 +27,7 @@ import torch
 from torch import Tensor
 
 from flashlive.model.config import DropoutConfig
-
-
-class DropoutError(ValueError):
-    """A dropout setting this model or this call cannot use."""
+from flashlive.model.errors import DropoutError
 
 
 def stage_modes(mode: str, num_stages: int) -> list[str]:

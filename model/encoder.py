@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from flashlive.model.settings import ModelSettings
+
 
 class ClipEncoder(Protocol):
     encoder_id: str
@@ -26,8 +28,10 @@ class ClipEncoder(Protocol):
         ...
 
 
-def load_clip_encoder(model: str = "tiny", device: str = "cpu") -> ClipEncoder:
-    """Build the encoder for a preset name, a local checkpoint directory or a repo id."""
+def load_clip_encoder(settings: ModelSettings | None = None) -> ClipEncoder:
+    """Build the encoder for the model the settings name (a preset, a checkpoint directory or a repo
+    id) on their device. Raises a ModelError (unknown preset, bad checkpoint, no CUDA) or OSError."""
     from flashlive.model.pipeline import load_tower_encoder
 
-    return load_tower_encoder(model, device=device)
+    settings = settings or ModelSettings()
+    return load_tower_encoder(settings.name, device=settings.device)

@@ -29,10 +29,17 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from flashlive.memory.types import Evidence
+from flashlive.memory.messages import Evidence
 from flashlive.model.answer import AnswerStream
 from flashlive.model.config import DropoutConfig, FlashConfig
+from flashlive.model.decoding import Sampler, SamplingParams, default_stop_ids
 from flashlive.model.detokenize import IncrementalDetokenizer, StrippedText, token_bytes
+from flashlive.model.generation_config import (
+    CheckpointGeneration,
+    RequestSampling,
+    read_generation_config,
+    resolve_sampling,
+)
 from flashlive.model.kv_cache import BatchKVCache
 from flashlive.model.llm import Qwen2LM
 from flashlive.model.pipeline import build_llm, build_projector, resolve
@@ -48,7 +55,6 @@ from flashlive.model.result import (
     Timings,
 )
 from flashlive.model.runner import PREFILL_CHUNK, BatchPrefill, ModelRunner, VisualPrefix
-from flashlive.model.sampling import Sampler, SamplingParams, default_stop_ids
 from flashlive.model.scheduler import DecodePlan, Scheduler
 from flashlive.model.tokenizer import load_tokenizer
 from flashlive.model.window import VideoWindow, WindowError
@@ -117,8 +123,10 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         evidence_top: int = EVIDENCE_TOP,
         evidence_layer: int | None = None,
+        generation: CheckpointGeneration | None = None,
     ) -> None:
         self.cfg = cfg
+        self.generation = generation or CheckpointGeneration()  # the checkpoint's generation_config.json
         self.projector = projector
         self.llm = llm
         self.tokenizer = tokenizer
@@ -148,7 +156,12 @@ class Engine:
         spec = resolve(model, device=device, dtype=dtype, download=download)
         projector = build_projector(spec, progress=progress)
         llm = build_llm(spec, progress=progress)
-        return cls(spec.cfg, projector, llm, load_tokenizer(spec.ckpt), **kwargs)
+        generation = read_generation_config(spec.ckpt)
+        return cls(spec.cfg, projector, llm, load_tokenizer(spec.ckpt), generation=generation, **kwargs)
+
+    def sampling(self, request: RequestSampling | None = None) -> SamplingParams:
+        """A request's settings over chat()'s arguments over the checkpoint's generation_config.json."""
+        return resolve_sampling(self.generation, request or RequestSampling())
 
     @property
     def encoder_id(self) -> str:
@@ -357,7 +370,12 @@ class Engine:
             return []
         order = torch.argsort(per_clip, descending=True, stable=True)[: self.evidence_top]
         return [
-            Evidence(window.clip_ids[c], window.starts[c], window.ends[c], float(per_clip[c]) / total)
+            Evidence(
+                clip_id=window.clip_ids[c],
+                start=window.starts[c],
+                end=window.ends[c],
+                score=float(per_clip[c]) / total,
+            )
             for c in order.tolist()
             if per_clip[c] > 0
         ]

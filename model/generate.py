@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from flashlive.model.decoding import Sampler, SamplingParams
 from flashlive.model.llm import PrefillOutput, Qwen2LM
-from flashlive.model.sampling import Sampler, SamplingParams
 
 
 def generate(

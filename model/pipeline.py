@@ -23,11 +23,11 @@ from flashlive.model.checkpoint import (
     preset_or_dir,
     projector_key,
     read_tensors,
-    resolve_device,
     resolve_dtype,
     tower_key,
 )
 from flashlive.model.config import FlashConfig
+from flashlive.model.device import resolve_device
 from flashlive.model.llm import Qwen2LM, random_init_
 from flashlive.model.merge import hico_merge
 from flashlive.model.preprocess import preprocess_clips

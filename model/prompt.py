@@ -10,19 +10,13 @@ import re
 
 from transformers import PreTrainedTokenizerFast
 
+from flashlive.model.errors import PromptError, PromptTooLongError
+
 IMAGE_PLACEHOLDER = "<image>"
 # Qwen2's control tokens look like <|name|>; typed into a question they would be tokenized as the real
 # tokens and could end the user turn early, so questions may not contain them.
 CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 DEFAULT_SYSTEM = "You are a helpful assistant."
-
-
-class PromptError(ValueError):
-    """A question or prompt the model cannot take."""
-
-
-class PromptTooLongError(PromptError):
-    pass
 
 
 def time_message(duration_s: float, num_frames: int) -> str:

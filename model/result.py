@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from flashlive.memory.types import Evidence
+from flashlive.memory.messages import Evidence
 from flashlive.model.config import DropoutConfig
 
 FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
@@ -66,6 +66,7 @@ class AnswerResult:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["dropout"] = None if self.dropout is None else dataclasses.asdict(self.dropout)
+        out["evidence"] = [e.model_dump() for e in self.evidence]
         return out
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from flashlive.model.config import DropoutConfig
 from flashlive.model.dropout import DropoutPlan, attention_keep, last_token_visual_attention, uniform_keep
+from flashlive.model.errors import ModelError
 from flashlive.model.kv_cache import BatchKVCache, KVCache
 from flashlive.model.llm import DropStage, Qwen2LM
 
@@ -41,7 +42,7 @@ QUESTION_TOKENS = 8192
 EVIDENCE_DEPTH = 18 / 28
 
 
-class PrefixCancelled(RuntimeError):
+class PrefixCancelled(ModelError):
     """A prefix computation was stopped by its `cancel` callback."""
 
 

@@ -1,139 +1,128 @@
-"""Choosing the next token: `SamplingParams` (what a request asks for) and `Sampler` (one per sequence).
+"""Which frames the model sees: the release's "dynamic_fps1" rule, for files and for live windows.
 
-The processing follows transformers' `generate()` so that a checkpoint's generation_config.json means
-here what it means there, in the same order: repetition penalty, then (sampling only) temperature,
-top-k, top-p, then a draw from the softmax; greedy is the argmax after the repetition penalty.
+One source for the rule (docs/model.md, "Sampling"). The release computes it in
+`llava/video_utils.py::get_frame_indices` (training tree) and the same function in the Hugging Face
+remote code's `mm_utils.py`, whose `load_video` (called by `chat()`) passes min 64, max 512, step 8.
 
-- repetition penalty: each token already generated has its logit divided by the penalty when
-  positive, multiplied when negative. Only generated tokens count: the release generates from
-  `inputs_embeds` (the video has no ids), so transformers' `input_ids` holds the answer alone.
-- top-k: keep the tokens whose logit is at least the k-th largest (ties kept).
-- top-p: sort ascending, remove the tokens whose cumulative probability is <= 1 - top_p; the most
-  likely token always stays.
+For a video of `vlen` frames lasting D = vlen / average fps seconds:
 
-Each sequence draws from its own `torch.Generator`, so its tokens do not depend on which other
-sequences share its batch, and a seed reproduces an answer.
+    N = step * max(1, floor(D / step))      ~1 frame a second, in whole steps
+    N = min(N, max_frames)                  the budget
+    N = max(N, min_frames')                 min_frames' = min_frames, or whole steps of vlen when the
+                                            video has fewer frames than min_frames (the minimum wins
+                                            over the maximum)
+    frames = middles of min(N, vlen) equal intervals of [0, vlen), padded to N with the last index.
+
+Everything here is plain integer arithmetic: no decoding, no torch.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import itertools
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+import numpy as np
 
-MAX_NEW_TOKENS = 1024  # the release's chat() and evaluation default
-
-
-class SamplingError(ValueError):
-    """Generation settings that make no sense."""
+from flashlive.model.errors import SamplingError
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How to generate one answer. Plain data: a request or a checkpoint's generation_config fills it.
+class FrameSampling:
+    """The three numbers of the rule. `step` is the release's `local_num_frames`."""
 
-    temperature 0 means greedy decoding (transformers' do_sample=False); top_k 0 and top_p 1 are off;
-    stop_ids None means the tokenizer's end tokens (see `default_stop_ids`).
-    """
+    min_frames: int = 64
+    max_frames: int = 512
+    step: int = 8
 
-    max_new_tokens: int = MAX_NEW_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop_ids: tuple[int, ...] | None = None
+    def check(self, clip_frames: int) -> None:
+        """Every N the rule can give must be whole clips, or the tower cannot take the frames."""
+        for name, value in (("min_frames", self.min_frames), ("max_frames", self.max_frames)):
+            if value < 1:
+                raise SamplingError(f"{name} must be at least 1, got {value}")
+            if value % clip_frames:
+                raise SamplingError(f"{name} must be a multiple of the {clip_frames}-frame clip, got {value}")
+        if self.step < 1 or self.step % clip_frames:
+            raise SamplingError(
+                f"frame step must be a positive multiple of the {clip_frames}-frame clip, got {self.step}"
+            )
 
-    def __post_init__(self) -> None:
-        def bad(what: str) -> SamplingError:
-            return SamplingError(f"bad generation setting: {what}")
 
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise bad(f"max_new_tokens must be a whole number, not {self.max_new_tokens!r}")
-        if self.max_new_tokens < 1:
-            raise bad(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise bad(f"{name} must be a finite number, not {value!r}")
-        if self.temperature < 0:
-            raise bad(f"temperature must be >= 0 (0 is greedy), not {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise bad(f"top_p must lie in (0, 1], not {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad(f"top_k must be a whole number >= 0 (0 is off), not {self.top_k!r}")
-        if self.repetition_penalty <= 0:
-            raise bad(f"repetition_penalty must be > 0 (1 is off), not {self.repetition_penalty}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad(f"seed must be a whole number, not {self.seed!r}")
-        if self.stop_ids is not None and any(
-            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.stop_ids
-        ):
-            raise bad(f"stop_ids must be token ids, not {self.stop_ids!r}")
+# HF remote code, mm_utils.py::load_video (what chat() runs): min_num_frames=64, local_num_frames=8,
+# max_num_frames = chat()'s max_num_frames (512 by default).
+CHAT_SAMPLING = FrameSampling(min_frames=64, max_frames=512, step=8)
+# Training scripts (stage 3/4): --frames_lowbound 64 --frames_upbound 512 --local_num_frames 4.
+TRAINING_SAMPLING = FrameSampling(min_frames=64, max_frames=512, step=4)
+
+
+def release_frame_count(vlen: int, duration: float, rule: FrameSampling = CHAT_SAMPLING) -> int:
+    """N, the number of frames the release feeds the model for a video of `vlen` frames, D seconds."""
+    if vlen < 1:
+        raise SamplingError(f"a video needs at least one frame, got {vlen}")
+    min_frames = rule.min_frames
+    if min_frames > vlen:
+        min_frames = (vlen // rule.step) * rule.step
+    n = rule.step * max(1, int(duration // rule.step))
+    n = min(n, rule.max_frames)
+    return max(min_frames, n)
+
+
+def middle_indices(vlen: int, n: int) -> list[int]:
+    """Split [0, vlen) into n equal intervals (integer edges) and take each interval's middle."""
+    edges = np.linspace(0, vlen, n + 1).astype(int)
+    return [int((lo + hi - 1) // 2) for lo, hi in itertools.pairwise(edges)]
+
+
+def release_frame_indices(vlen: int, n: int) -> list[int]:
+    """The N frame indices: middles of min(N, vlen) intervals, then the last one repeated up to N."""
+    picked = middle_indices(vlen, min(n, vlen))
+    return picked + [picked[-1]] * (n - len(picked))
+
+
+def sample_frames(vlen: int, duration: float, rule: FrameSampling = CHAT_SAMPLING) -> list[int]:
+    return release_frame_indices(vlen, release_frame_count(vlen, duration, rule))
+
+
+# ---------------------------------------------------------------- live windows
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The release's rule applied to a window of the live memory (see `release_window_clips`)."""
+
+    clips: list[int]  # positions in the window's clips, in time order; the last repeats when padded
+    frames: int  # N: the frame count the prompt's time message names (len(clips) * clip_frames)
+    duration: float  # D of the 1 fps video the memory holds: its frame count / the sampling rate
+    file_frames: int  # N chat() takes from a source file of this duration with >= that many frames
 
     @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+    def short_of_file(self) -> int:
+        """Frames chat() would have had from the original file that the memory cannot supply."""
+        return max(0, self.file_frames - self.frames)
 
 
-def default_stop_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """The tokenizer's end tokens: its eos, and ChatML's <|im_end|> and <|endoftext|> where it has them."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
-    for text in ("<|im_end|>", "<|endoftext|>"):
-        if text in vocab and vocab[text] not in ids:
-            ids.append(vocab[text])
-    return tuple(ids)
+def release_window_clips(
+    n_clips: int, *, clip_frames: int = 4, fps: float = 1.0, rule: FrameSampling = CHAT_SAMPLING
+) -> WindowPlan:
+    """Pick whole clips of a live window the way `chat()` samples a file.
 
-
-def process_logits(logits: Tensor, params: SamplingParams, generated: Sequence[int]) -> Tensor:
-    """The scores the next token is drawn from (or the argmax of, when greedy): [V] float32."""
-    scores = logits.float()
-    if params.repetition_penalty != 1.0 and generated:
-        ids = torch.tensor(sorted(set(generated)), device=scores.device)
-        seen = scores[ids]
-        scores = scores.clone()
-        scores[ids] = torch.where(
-            seen < 0, seen * params.repetition_penalty, seen / params.repetition_penalty
-        )
-    if params.greedy:
-        return scores
-    scores = scores / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - params.top_p)
-        remove[-1] = False
-        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    return scores
-
-
-class Sampler:
-    """The next-token rule of one sequence, with its own random stream."""
-
-    def __init__(self, params: SamplingParams) -> None:
-        self.params = params
-        self.generator: torch.Generator | None = None
-        if not params.greedy:
-            self.generator = torch.Generator()
-            if params.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(params.seed)
-
-    def __call__(self, logits: Tensor, generated: Sequence[int]) -> int:
-        """Next token id from logits [V] given the tokens generated so far."""
-        scores = process_logits(logits.detach().float().cpu(), self.params, generated)
-        if self.generator is None:
-            return int(scores.argmax())
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+    The memory keeps tokens of `clip_frames`-frame clips sampled at `fps`, and no frames, so the
+    window is treated as the video the memory holds: vlen = n_clips * clip_frames frames at `fps`
+    (gaps closed up). N comes from the release's rule on that video; the N / clip_frames clips are the
+    middles of equal intervals over the clips, padded with the last clip. This is what `chat()` would
+    do with a recording of the sampled frames; it cannot be what `chat()` does with the original file
+    when that file has more frames than the memory kept (windows under `min_frames` seconds): there
+    the release samples above 1 fps, and the frames in between were never encoded. `file_frames` and
+    `short_of_file` say how far off that is.
+    """
+    if n_clips < 1:
+        raise SamplingError("the window holds no clips")
+    if fps <= 0:
+        raise SamplingError(f"the memory's sampling rate must be positive, got {fps}")
+    rule.check(clip_frames)
+    vlen = n_clips * clip_frames
+    duration = vlen / fps
+    n = release_frame_count(vlen, duration, rule)
+    clips = release_frame_indices(n_clips, n // clip_frames)
+    # A source file of this duration at a normal frame rate has more frames than any N the rule asks.
+    file_frames = release_frame_count(max(vlen, rule.min_frames, rule.max_frames), duration, rule)
+    return WindowPlan(clips=clips, frames=n, duration=duration, file_frames=file_frames)

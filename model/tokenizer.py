@@ -22,6 +22,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from flashlive.model.errors import TokenizerLoadError
+
 log = logging.getLogger(__name__)
 
 PRETOKENIZE_REGEX = (
@@ -54,10 +56,6 @@ QWEN25_EXTRA = (
     "<|file_sep|>",
 )
 _NOT_SPECIAL = {"<tool_call>", "</tool_call>"}
-
-
-class TokenizerLoadError(RuntimeError):
-    pass
 
 
 def tiktoken_file() -> Path:

@@ -1,49 +1,41 @@
-"""Offline video reading for `ask-file`: the release's "dynamic_fps1" frame sampling.
+"""Offline video reading for `ask-file`: the frames the release's `chat()` would feed the model.
 
 Live streams sample online in flashlive.stream; this module is for whole files, where the frame
-count is known up front and frames are picked the way the model was evaluated.
+count is known up front. Which frames: `model/sampling.py` (the release's rule). The duration in the
+prompt's time message is the release's too: frame count / average frame rate (decord's
+`len(vr) / vr.get_avg_fps()` in `video_utils.py::read_frames_decord`), except for `.avi` files, which
+the release reads with PyAV (`read_frames_av`) and times by the stream's duration.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from flashlive.model.errors import VideoError
+from flashlive.model.sampling import CHAT_SAMPLING, FrameSampling, SamplingError, sample_frames
+
 log = logging.getLogger(__name__)
-
-
-class VideoError(ValueError):
-    """The file cannot be used as a video (unreadable, empty, no video stream)."""
 
 
 @dataclass
 class SampledVideo:
-    frames: np.ndarray  # [F, H, W, 3] uint8 RGB, F a multiple of clip_frames
-    indices: list[int]  # decoded-frame index of each sampled frame
-    duration: float  # seconds
-    fps: float  # average decoded frames per second
+    frames: np.ndarray  # [N, H, W, 3] uint8 RGB, N a multiple of the clip length
+    indices: list[int]  # decoded-frame index of each sampled frame (the last repeats when padded)
+    duration: float  # seconds, as the time message states it
+    fps: float  # frames per second the duration was derived with
+    vlen: int  # frames in the file
 
 
-def num_sampled_frames(
-    vlen: int, duration: float, *, clip_frames: int, max_frames: int, fps: float = 1.0
-) -> int:
-    """How many frames dynamic_fps1 takes: ~`fps` per second in whole clips, within the budget."""
-    segments = int(fps * duration // clip_frames)
-    n = clip_frames * max(segments, 1)
-    n = min(n, max_frames)
-    if n > vlen:
-        n = (vlen // clip_frames) * clip_frames
-    return n
-
-
-def middle_indices(vlen: int, n: int) -> list[int]:
-    """Split [0, vlen) into n equal intervals (integer edges) and take each interval's middle."""
-    edges = np.linspace(0, vlen, n + 1).astype(int)
-    return [int((lo + hi - 1) // 2) for lo, hi in itertools.pairwise(edges)]
+@dataclass(frozen=True)
+class _Probe:
+    vlen: int  # frames, counted from the packets
+    average_rate: float  # the stream's average frame rate, 0 when the container has none
+    pts_span: float  # first to last presentation time plus one frame, seconds
+    stream_duration: float | None  # the stream's own duration field, seconds
 
 
 def _open(path: Path):  # type: ignore[no-untyped-def]
@@ -63,8 +55,8 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
     return container
 
 
-def _count_frames(path: Path) -> tuple[int, float]:
-    """Frame count and duration from the packets alone (no decoding)."""
+def _probe(path: Path) -> _Probe:
+    """Frame count and timing from the packets alone (no decoding)."""
     import av
 
     with _open(path) as container:
@@ -83,42 +75,55 @@ def _count_frames(path: Path) -> tuple[int, float]:
         if count == 0 or first is None or last is None:
             raise VideoError(f"{path}: the video stream holds no frames")
         rate = float(stream.average_rate) if stream.average_rate else 0.0
-        frame_span = 1.0 / rate if rate > 0 else 0.0
-        duration = (last - first) + frame_span
+        span = (last - first) + (1.0 / rate if rate > 0 else 0.0)
+        stream_duration = None
         if stream.duration and stream.time_base:
-            duration = max(duration, float(stream.duration * stream.time_base))
-        return count, duration
+            stream_duration = float((stream.duration - (stream.start_time or 0)) * stream.time_base)
+        return _Probe(count, rate, span, stream_duration)
+
+
+def release_timing(probe: _Probe, suffix: str) -> tuple[float, float]:
+    """(duration, fps) as the release derives them for this file."""
+    if suffix.lower() == ".avi" and probe.stream_duration:
+        return probe.stream_duration, probe.vlen / probe.stream_duration
+    if probe.average_rate > 0:
+        return probe.vlen / probe.average_rate, probe.average_rate
+    # No average rate in the container (rare): time it by its timestamps instead.
+    log.warning("no average frame rate in the stream; timing the video by its timestamps")
+    duration = probe.pts_span if probe.pts_span > 0 else float(probe.vlen)
+    return duration, probe.vlen / duration
 
 
 def read_video(
-    path: str | Path, *, clip_frames: int = 4, max_frames: int = 512, fps: float = 1.0
+    path: str | Path, *, clip_frames: int = 4, sampling: FrameSampling = CHAT_SAMPLING
 ) -> SampledVideo:
-    """Decode `path` and sample about `fps` frames a second in whole clips (at most `max_frames`)."""
+    """Decode `path` and take the frames the release's rule picks (see model/sampling.py)."""
     import av
 
     path = Path(path)
-    if max_frames < clip_frames:
-        raise VideoError(f"max_frames must be at least one clip ({clip_frames} frames), got {max_frames}")
-    vlen, duration = _count_frames(path)
-    n = num_sampled_frames(vlen, duration, clip_frames=clip_frames, max_frames=max_frames, fps=fps)
-    if n == 0:
-        raise VideoError(f"{path}: {vlen} frames is shorter than one {clip_frames}-frame clip")
-    wanted = middle_indices(vlen, n)
-    wanted_set = set(wanted)  # distinct: every interval is at least one frame wide
-    frames: list[np.ndarray] = []
+    try:
+        sampling.check(clip_frames)
+    except SamplingError as exc:
+        raise VideoError(str(exc)) from None
+    probe = _probe(path)
+    duration, fps = release_timing(probe, path.suffix)
+    indices = sample_frames(probe.vlen, duration, sampling)
+    wanted = set(indices)  # the middles are distinct; padding only repeats the last
+    decoded: dict[int, np.ndarray] = {}
     with _open(path) as container:
         try:
             for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted_set:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    if len(frames) == n:
+                if i in wanted:
+                    decoded[i] = frame.to_ndarray(format="rgb24")
+                    if len(decoded) == len(wanted):
                         break
         except av.error.FFmpegError as exc:
-            if not frames:
+            if not decoded:
                 raise VideoError(f"{path}: corrupt video data ({exc.strerror or exc})") from exc
             log.warning("%s: decoding stopped early: %s", path, exc)
-    if len(frames) < n:  # fewer decodable frames than packets: pad with the last, as the release does
-        if not frames:
-            raise VideoError(f"{path}: no frame could be decoded")
-        frames.extend([frames[-1]] * (n - len(frames)))
-    return SampledVideo(np.stack(frames), wanted, duration, vlen / duration if duration > 0 else 0.0)
+    if not decoded:
+        raise VideoError(f"{path}: no frame could be decoded")
+    frames: list[np.ndarray] = []
+    for i in indices:  # fewer decodable frames than packets: stand in the last one decoded
+        frames.append(decoded[i] if i in decoded else frames[-1] if frames else decoded[min(decoded)])
+    return SampledVideo(np.stack(frames), indices, duration, fps, probe.vlen)

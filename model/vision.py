@@ -147,7 +147,7 @@ class VisionTower(nn.Module):
         table = self._pos_cache.get(key)
         if table is None:
             c = self.cfg
-            table = position_table(frames, c.grid, c.width, c.clip_frames, c.base_grid).to(device, dtype)
+            table = position_table(frames, c.grid, c.width, c.base_frames, c.base_grid).to(device, dtype)
             self._pos_cache[key] = table
         return table
 

@@ -19,10 +19,7 @@ import numpy as np
 
 from flashlive.memory.keys import entry_id
 from flashlive.memory.types import Clip
-
-
-class WindowError(ValueError):
-    """Clips that cannot be read as one window."""
+from flashlive.model.errors import WindowError
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-bash scripts/typecheck.sh
+.venv/bin/mypy
 .venv/bin/python -m pytest -q -ra "$@"

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,12 +33,15 @@ from flashlive.model.encoder import ClipEncoder
 from .clips import PendingClip
 from .metrics import Metrics, StreamMetrics
 from .sampler import Sampler
+from .settings import POLICIES, IngestSettings, Policy
 from .thumbnail import jpeg_thumbnail
 
 log = logging.getLogger(__name__)
 
-Policy = Literal["lower_fps", "skip", "wait"]
-POLICIES: tuple[str, ...] = ("lower_fps", "skip", "wait")
+# What encoding a batch may raise for reasons of its own (bad frames, a device error, out of memory,
+# a thumbnail PyAV refused): that batch is lost, the other streams go on. Anything else is a bug and
+# stops the compressor, and every stream with it, loudly (`_run`).
+ENCODE_ERRORS = (RuntimeError, ValueError, OSError, MemoryError)
 
 
 class ClipSink(Protocol):
@@ -53,9 +56,9 @@ class StreamQueue:
     policy: Policy
     max_pending: int
     metrics: StreamMetrics
-    sampler: Sampler | None = None  # rate control for `lower_fps`
-    target_fps: float = 1.0
-    min_fps: float = 0.125
+    sampler: Sampler | None  # rate control for `lower_fps`
+    target_fps: float
+    min_fps: float
     clips: deque[PendingClip] = field(default_factory=deque)
     in_flight: int = 0
     rejected: str | None = None  # set when memory refused the stream's clips for good
@@ -65,7 +68,9 @@ class StreamQueue:
 
 
 @dataclass
-class EncodedClip:
+class EncoderOutput:
+    """A clip the worker thread has encoded, on its way to becoming a memory `Clip`."""
+
     pending: PendingClip
     tokens: np.ndarray  # [T, C] float16
     thumbnail: bytes
@@ -89,16 +94,16 @@ class Compressor:
         memory: ClipSink,
         metrics: Metrics | None = None,
         *,
-        max_batch: int = 8,
-        thumbnail_width: int = 160,
+        settings: IngestSettings | None = None,
         append_retries: int = 3,
         raise_after: int = 3,
     ) -> None:
         self.encoder = encoder
         self.memory = memory
         self.metrics = metrics or Metrics()
-        self.max_batch = max_batch
-        self.thumbnail_width = thumbnail_width
+        self.settings = settings or IngestSettings()
+        self.max_batch = self.settings.max_batch
+        self.thumbnail_width = self.settings.thumbnail_width
         self.append_retries = append_retries
         self.raise_after = raise_after
         self.queues: dict[str, StreamQueue] = {}
@@ -107,6 +112,7 @@ class Compressor:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._failed: str | None = None  # why the compressor stopped on a bug
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and the benchmark
 
     @property
@@ -119,11 +125,15 @@ class Compressor:
         self,
         name: str,
         *,
-        policy: Policy = "lower_fps",
-        max_pending: int = 4,
+        policy: Policy | None = None,
+        max_pending: int | None = None,
         sampler: Sampler | None = None,
-        min_fps: float = 0.125,
+        min_fps: float | None = None,
     ) -> StreamQueue:
+        """Add a stream. Left out, `policy`, `max_pending` and `min_fps` come from the settings."""
+        policy = policy or self.settings.policy
+        max_pending = self.settings.max_pending_clips if max_pending is None else max_pending
+        min_fps = min_fps or self.settings.min_fps
         if policy not in POLICIES:
             raise ValueError(f"unknown backpressure policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if max_pending < 1:
@@ -131,7 +141,7 @@ class Compressor:
         if name in self.queues and not self.queues[name].closed:
             raise ValueError(f"stream {name!r} is already registered with this compressor")
         m = self.metrics.stream(name)
-        target = sampler.fps if sampler else 1.0
+        target = sampler.fps if sampler else self.settings.fps
         m.sample_fps = target
         q = StreamQueue(name, policy, max_pending, m, sampler, target, min(min_fps, target))
         self.queues[name] = q
@@ -160,6 +170,8 @@ class Compressor:
     async def submit(self, clip: PendingClip) -> None:
         """Queue a complete clip, applying the stream's backpressure policy. Never grows a queue past
         `max_pending`; under `wait` it waits for room instead."""
+        if self._failed:
+            raise StreamRejected(self._failed)
         if self._closing:
             raise CompressorClosed("the compressor is shutting down")
         q = self.queues.get(clip.stream)
@@ -170,8 +182,10 @@ class Compressor:
         if q.policy == "wait":
             async with self._changed:
                 await self._changed.wait_for(
-                    lambda: len(q.clips) < q.max_pending or q.closed or self._closing
+                    lambda: len(q.clips) < q.max_pending or q.closed or self._closing or bool(self._failed)
                 )
+            if self._failed:
+                raise StreamRejected(self._failed)
             if q.closed or self._closing:
                 raise CompressorClosed(f"stream {clip.stream!r} was closed while waiting")
         else:
@@ -240,6 +254,8 @@ class Compressor:
         """Wait until the stream (or every stream) has nothing waiting or being encoded."""
 
         def idle() -> bool:
+            if self._failed:
+                return True  # nothing will be encoded any more
             qs = [self.queues[name]] if name in self.queues else [] if name else list(self.queues.values())
             return all(not q.clips and q.in_flight == 0 for q in qs)
 
@@ -281,6 +297,17 @@ class Compressor:
         return batch
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        except Exception as exc:
+            # A bug, not a bad batch (ENCODE_ERRORS): refuse every stream's clips from now on, so their
+            # runners stop with this error in memory instead of queueing clips nobody encodes.
+            log.exception("the compressor failed; every stream on it stops")
+            self._failed = f"internal error in the compressor: {type(exc).__name__}: {exc}"
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             async with self._changed:
@@ -296,7 +323,7 @@ class Compressor:
             t0 = time.perf_counter()
             try:
                 encoded = await loop.run_in_executor(self._pool, self._encode, batch)
-            except Exception as exc:  # a broken batch must not stop the other streams
+            except ENCODE_ERRORS as exc:  # a broken batch must not stop the other streams
                 log.exception("encoding %d clips failed", len(batch))
                 for clip in batch:
                     m = self.metrics.stream(clip.stream)
@@ -317,18 +344,20 @@ class Compressor:
             async with self._changed:
                 self._changed.notify_all()
 
-    def _encode(self, batch: Sequence[PendingClip]) -> list[EncodedClip]:
+    def _encode(self, batch: Sequence[PendingClip]) -> list[EncoderOutput]:
         """Worker thread: tower + merge for the whole batch, then one thumbnail per clip."""
         frames = np.stack([c.frames for c in batch])  # [N, clip_frames, H, W, 3] uint8
         tokens = self.encoder.encode(frames)  # [N, T, C] float16
         if tokens.shape[0] != len(batch):
             raise RuntimeError(f"encoder returned {tokens.shape[0]} clips for {len(batch)}")
         return [
-            EncodedClip(c, np.ascontiguousarray(tokens[i]), jpeg_thumbnail(c.frames[0], self.thumbnail_width))
+            EncoderOutput(
+                c, np.ascontiguousarray(tokens[i]), jpeg_thumbnail(c.frames[0], self.thumbnail_width)
+            )
             for i, c in enumerate(batch)
         ]
 
-    async def _store(self, item: EncodedClip) -> None:
+    async def _store(self, item: EncoderOutput) -> None:
         p = item.pending
         m = self.metrics.stream(p.stream)
         clip = Clip(
@@ -361,7 +390,7 @@ class Compressor:
                 m.errors += 1
                 m.last_error = f"memory: {exc}"
                 return
-            except Exception as exc:
+            except OSError as exc:  # the store is away (VideoMemory buffers instead; other sinks raise)
                 if attempt == self.append_retries:
                     log.error("%s: could not store clip %.1f-%.1f: %s", p.stream, p.start, p.end, exc)
                     m.errors += 1

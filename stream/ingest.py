@@ -1,6 +1,6 @@
 """Run many streams in one process: one task per stream, one compressor (worker thread) per device.
 
-    async with Ingest(encoder, memory) as ingest:
+    async with Ingest(encoder, memory, IngestSettings()) as ingest:
         ingest.start_stream(StreamSpec("lobby", "rtsp://cam/1"))
         await ingest.wait()
 
@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from flashlive.config import FlashliveConfig, IngestConfig, StreamConfig
 from flashlive.memory.keys import check_stream_name
 from flashlive.model.encoder import ClipEncoder
 
-from .compressor import ClipSink, Compressor, Policy
+from .compressor import ClipSink, Compressor
 from .lifecycle import StateSink, StreamRunner, StreamSpec
 from .metrics import Metrics
+from .settings import IngestSettings
 from .sources.base import Source
 from .types import SourceInvalid
 
@@ -38,66 +38,23 @@ class IngestMemory(ClipSink, StateSink, Protocol):
     """What ingest needs from memory: `append(clip)` and `set_state(stream, state, **fields)`."""
 
 
-def spec_from_config(name: str, stream: StreamConfig, defaults: IngestConfig | None = None) -> StreamSpec:
-    """A StreamSpec for one `streams.NAME` entry of the config file."""
-    d = defaults or IngestConfig()
-    options: dict[str, Any] = {"name": name}
-    if stream.url:
-        options.update(
-            realtime=stream.realtime,
-            loop=stream.loop,
-            rtsp_transport=stream.transport,
-            open_timeout=stream.open_timeout_s,
-            read_timeout=stream.read_timeout_s,
-        )
-        if stream.credentials is not None:
-            if stream.credentials.user is not None:
-                options["user"] = stream.credentials.user
-            if stream.credentials.password is not None:
-                options["password"] = stream.credentials.password.get_secret_value()
-    backfill = bool(stream.url) and not stream.realtime
-    policy: Policy = stream.policy or ("wait" if backfill else d.policy)
-    return StreamSpec(
-        name=name,
-        url=stream.url if stream.url else None,
-        source_options=options,
-        fps=stream.fps or d.fps,
-        policy=policy,
-        max_pending=d.max_pending_clips,
-        min_fps=min(d.min_fps, stream.fps or d.fps),
-        max_side=d.max_side,
-        retry=not stream.whip,
-        backoff_initial_s=d.backoff_initial_s,
-        backoff_max_s=d.backoff_max_s,
-    )
-
-
-def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, StreamSpec]:
-    """Specs of the enabled streams: pulled ones (`whip=False`) or WHIP ones (`whip=True`, for
-    `Ingest.whip_app(streams=...)`: they start when a publisher connects)."""
-    return {
-        name: spec_from_config(name, s, cfg.ingest)
-        for name, s in cfg.streams.items()
-        if s.enabled and s.whip == whip
-    }
-
-
 class Ingest:
+    """The streams of one process. `settings` (the config's `ingest` section) gives the encoder batch
+    and thumbnails, and the defaults of WHIP streams that arrive without a spec of their own."""
+
     def __init__(
         self,
         encoder: ClipEncoder,
         memory: IngestMemory | Any,
+        settings: IngestSettings | None = None,
         *,
         metrics: Metrics | None = None,
-        max_batch: int = 8,
-        thumbnail_width: int = 160,
     ) -> None:
         self.encoder = encoder
         self.memory = memory
+        self.settings = settings or IngestSettings()
         self.metrics = metrics or Metrics()
-        self.compressor = Compressor(
-            encoder, memory, self.metrics, max_batch=max_batch, thumbnail_width=thumbnail_width
-        )
+        self.compressor = Compressor(encoder, memory, self.metrics, settings=self.settings)
         self.runners: dict[str, StreamRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -142,9 +99,9 @@ class Ingest:
                 return handed.pop()
             if spec.url is None:
                 raise SourceInvalid(f"{spec.name}: the session ended and cannot be reopened")
-            from .sources import open_source
+            from .sources import source_from_options
 
-            return open_source(spec.url, **spec.source_options)
+            return source_from_options(spec.url, spec.name, spec.source)
 
         return open_it
 
@@ -159,9 +116,8 @@ class Ingest:
 
         if self.running(name):
             raise WhipRejected(409, f"stream {name!r} already has a publisher")
-        spec = dataclasses.replace(spec) if spec is not None else StreamSpec(name)
-        spec.retry = False  # the publisher reconnects, not us
-        self.start_stream(spec, source)
+        spec = spec or StreamSpec(name, settings=self.settings)
+        self.start_stream(dataclasses.replace(spec, retry=False), source)  # the publisher reconnects
 
     def whip_app(
         self, *, token: str | None = None, prefix: str = "", streams: Mapping[str, StreamSpec] | None = None

@@ -1,6 +1,7 @@
 """One stream's life: connect, sample, cut clips, hand them to the compressor, reconnect when lost.
 
-States (published to memory meta through `set_state` and to metrics):
+States (`StreamState`, published to memory through `set_state` with the stream's metrics, and to the
+in-process metrics):
   connecting -> live -> (retrying -> connecting -> live)* -> stopped
 `SourceUnavailable` retries with exponential backoff and jitter; `SourceInvalid`, the end of a file or
 of a WHIP session, and `stop()` end in `stopped` (with the error in meta when there was one). Every
@@ -18,20 +19,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from flashlive.memory.errors import MemoryStoreError
+from flashlive.memory.types import IngestCounters, StreamState
+
 from .clips import ClipAssembler
-from .compressor import Compressor, CompressorClosed, Policy, StreamRejected
+from .compressor import Compressor, CompressorClosed, StreamRejected
 from .metrics import StreamMetrics
 from .sampler import Sampler
+from .settings import IngestSettings, Policy, SourceOptions, StreamSettings
 from .sources.base import Source
-from .types import SourceInvalid, SourceUnavailable
+from .types import SourceError, SourceInvalid, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class StateSink(Protocol):
-    """`flashlive.memory.VideoMemory.set_state`: stream state plus extra meta fields."""
+    """`flashlive.memory.VideoMemory.set_state`: a stream's status, readable by other processes."""
 
-    async def set_state(self, stream: str, state: str, **fields: Any) -> Any: ...
+    async def set_state(
+        self,
+        stream: str,
+        state: StreamState,
+        *,
+        since: float | None = None,
+        source: str | None = None,
+        error: str | None = None,
+        metrics: IngestCounters | None = None,
+        **fields: Any,
+    ) -> Any: ...
 
 
 @dataclass
@@ -39,8 +54,8 @@ class Backoff:
     """Exponential backoff with jitter: delay n is initial·factor^n capped at `maximum`, then scaled
     by a random factor in [1 - jitter, 1] so many cameras lost together do not reconnect in step."""
 
-    initial: float = 0.5
-    maximum: float = 10.0
+    initial: float
+    maximum: float
     factor: float = 2.0
     jitter: float = 0.5
     attempt: int = 0
@@ -55,22 +70,46 @@ class Backoff:
         self.attempt = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamSpec:
-    """Everything needed to run one stream (built from the config file or the command line)."""
+    """Everything needed to run one stream: its own choices (`fps`, `policy`: None takes the
+    settings'), how to open it, and the ingest settings for the rest."""
 
     name: str
     url: str | None = None  # None: the source is handed in (a WHIP session)
-    source_options: dict[str, Any] = field(default_factory=dict)
-    fps: float = 1.0
-    policy: Policy = "lower_fps"
-    max_pending: int = 4
-    min_fps: float = 0.125
-    max_side: int | None = 960
+    source: SourceOptions = field(default_factory=SourceOptions)
+    fps: float | None = None
+    policy: Policy | None = None
     retry: bool = True  # reconnect on SourceUnavailable (False for WHIP: the publisher reconnects)
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 10.0
-    meta_interval_s: float = 2.0  # how often lag/dropped/fps go to memory meta while live
+    settings: IngestSettings = field(default_factory=IngestSettings)
+
+    @classmethod
+    def from_settings(cls, name: str, stream: StreamSettings, settings: IngestSettings) -> StreamSpec:
+        """The spec of one `streams.NAME` entry of the config."""
+        return cls(
+            name=name,
+            url=stream.url,
+            source=stream.source,
+            fps=stream.fps,
+            policy=stream.policy,
+            retry=not stream.whip,
+            settings=settings,
+        )
+
+    @property
+    def sample_fps(self) -> float:
+        return self.fps or self.settings.fps
+
+    @property
+    def backpressure(self) -> Policy:
+        """The stream's policy; a file backfilled as fast as possible waits, so it loses nothing."""
+        if self.policy:
+            return self.policy
+        return "wait" if self.url is not None and not self.source.realtime else self.settings.policy
+
+    @property
+    def min_fps(self) -> float:
+        return min(self.settings.min_fps, self.sample_fps)
 
 
 class StreamRunner:
@@ -88,9 +127,9 @@ class StreamRunner:
         self.memory = memory
         self.opener = opener
         self.metrics: StreamMetrics = compressor.metrics.stream(spec.name)
-        self.sampler = Sampler(spec.fps, max_side=spec.max_side)
+        self.sampler = Sampler(spec.sample_fps, max_side=spec.settings.max_side)
         self.assembler = ClipAssembler(spec.name, clip_frames)
-        self.backoff = Backoff(spec.backoff_initial_s, spec.backoff_max_s)
+        self.backoff = Backoff(spec.settings.backoff_initial_s, spec.settings.backoff_max_s)
         self.source: Source | None = None
         self.error: str | None = None
         self._stopping = False
@@ -104,7 +143,7 @@ class StreamRunner:
         return self.spec.name
 
     @property
-    def state(self) -> str:
+    def state(self) -> StreamState:
         return self.metrics.state
 
     async def stop(self) -> None:
@@ -114,10 +153,10 @@ class StreamRunner:
         if self.source is not None:
             await self.source.close()
 
-    async def wait_state(self, *states: str, timeout: float | None = None) -> str:
+    async def wait_state(self, *states: str, timeout: float | None = None) -> StreamState:
         """Wait until the stream is in one of `states` (for tests and the CLI)."""
 
-        async def until() -> str:
+        async def until() -> StreamState:
             while self.state not in states:
                 self._changed.clear()
                 await self._changed.wait()
@@ -125,25 +164,24 @@ class StreamRunner:
 
         return await asyncio.wait_for(until(), timeout)
 
-    async def _publish(self, state: str, error: str | None = None, **extra: Any) -> None:
+    async def _publish(self, state: StreamState, error: str | None = None, **extra: Any) -> None:
         async with self._publish_lock:  # in order: a periodic refresh never lands after a state change
             await self._publish_locked(state, error, **extra)
 
-    async def _publish_locked(self, state: str, error: str | None = None, **extra: Any) -> None:
+    async def _publish_locked(self, state: StreamState, error: str | None = None, **extra: Any) -> None:
         self.metrics.set_state(state, error)
         self._changed.set()
-        fields: dict[str, Any] = {
-            "source": self.metrics.source,
-            "error": error or "",
-            "sample_fps": round(self.sampler.fps, 6),
-            "lag_s": round(self.metrics.lag_s, 3),
-            "dropped_clips": self.metrics.dropped_clips,
-            "reconnects": self.metrics.reconnects,
-            **extra,
-        }
         try:
-            await self.memory.set_state(self.name, state, **fields)
-        except Exception as exc:  # memory down: metrics still tell the truth, the stream goes on
+            await self.memory.set_state(
+                self.name,
+                state,
+                since=self.metrics.since,
+                source=self.metrics.source,
+                error=error or "",
+                metrics=self.metrics.counters(),
+                **extra,
+            )
+        except MemoryStoreError as exc:  # memory down: metrics still tell the truth, the stream goes on
             log.warning("%s: could not publish state %s: %s", self.name, state, exc)
 
     async def run(self) -> None:
@@ -151,8 +189,8 @@ class StreamRunner:
         spec = self.spec
         self.compressor.register(
             spec.name,
-            policy=spec.policy,
-            max_pending=spec.max_pending,
+            policy=spec.backpressure,
+            max_pending=spec.settings.max_pending_clips,
             sampler=self.sampler,
             min_fps=spec.min_fps,
         )
@@ -163,23 +201,25 @@ class StreamRunner:
         except asyncio.CancelledError:
             final_error = None
             raise
+        except Exception as exc:  # the task's boundary: a bug stops this stream (error in meta), no other
+            log.exception("%s: unexpected failure", spec.name)
+            final_error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             meta_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await meta_task
             await self._close_source()
             await self._flush()
-            with contextlib.suppress(Exception):
-                await self.compressor.unregister(spec.name, drain=not self.compressor.closing)
+            await self.compressor.unregister(spec.name, drain=not self.compressor.closing)
             self.error = final_error
-            await self._publish("stopped", final_error)
+            await self._publish(StreamState.STOPPED, final_error)
             log.info("%s: stopped%s", spec.name, f" ({final_error})" if final_error else "")
 
     async def _loop(self) -> str | None:
         """The connect/ingest/retry loop; returns the error that stopped the stream (None: clean end)."""
         spec = self.spec
         while not self._stopping:
-            await self._publish("connecting")
+            await self._publish(StreamState.CONNECTING)
             try:
                 source = self.opener()
                 self.source = source
@@ -205,16 +245,13 @@ class StreamRunner:
                 delay = self.backoff.next_delay()
                 log.warning("%s: %s; reconnecting in %.1fs", spec.name, exc, delay)
                 self.metrics.reconnects += 1
-                await self._publish("retrying", str(exc), retry_in_s=round(delay, 2))
+                await self._publish(StreamState.RETRYING, str(exc), retry_in_s=round(delay, 2))
                 await self._sleep(delay)
                 self.sampler.reset_source()
             except StreamRejected as exc:
                 return str(exc)
             except CompressorClosed:
                 return None
-            except Exception as exc:  # a bug must stop this stream only
-                log.exception("%s: unexpected failure", spec.name)
-                return f"internal error: {type(exc).__name__}: {exc}"
             finally:
                 await self._close_source()
         return None
@@ -226,7 +263,7 @@ class StreamRunner:
                 first = False
                 self._live_seen = True
                 self.backoff.reset()
-                await self._publish("live")
+                await self._publish(StreamState.LIVE)
             self.metrics.count_frame(time.monotonic())
             kept = self.sampler.push(sf)
             if kept is None:
@@ -246,7 +283,7 @@ class StreamRunner:
         if source is not None:
             try:
                 await source.close()
-            except Exception as exc:
+            except (SourceError, OSError) as exc:
                 log.warning("%s: closing the source failed: %s", self.name, exc)
 
     async def _sleep(self, delay: float) -> None:
@@ -255,7 +292,7 @@ class StreamRunner:
 
     async def _meta_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.spec.meta_interval_s)
+            await asyncio.sleep(self.spec.settings.meta_interval_s)
             async with self._publish_lock:
-                if self.state == "live":
-                    await self._publish_locked("live")
+                if self.state == StreamState.LIVE:  # other states keep their error until they change
+                    await self._publish_locked(StreamState.LIVE)

@@ -1,38 +1,30 @@
-"""In-process counters and gauges per stream. The web layer serves them as Prometheus text."""
+"""In-process counters and gauges per stream.
+
+The counters themselves (`IngestCounters`) are defined with the memory, which carries a snapshot of
+them with each stream's state to other processes (`VideoMemory.set_state` / `status`).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
-STATES = ("connecting", "live", "retrying", "stopped")
+from flashlive.memory.types import IngestCounters, StreamState
 
 
-@dataclass
-class StreamMetrics:
+@dataclass(kw_only=True)
+class StreamMetrics(IngestCounters):
     name: str
-    state: str = "connecting"
+    state: StreamState = StreamState.CONNECTING
     source: str = ""  # redacted URL
-    frames_in: int = 0  # decoded frames seen
-    frames_sampled: int = 0
-    clips: int = 0  # clips appended to memory
-    dropped_clips: int = 0  # clips skipped by backpressure
-    pending_clips: int = 0  # complete clips waiting for the encoder
-    lag_s: float = 0.0  # seconds the oldest waiting clip has waited (0 when caught up)
-    latency_s: float = 0.0  # last clip: complete -> stored
-    sample_fps: float = 0.0  # current sample rate (lower than configured under `lower_fps`)
-    input_fps: float = 0.0  # decoded frames per second, smoothed
-    reconnects: int = 0
-    errors: int = 0
     last_error: str = ""
     last_clip_end: float = 0.0  # stream time
     since: float = field(default_factory=time.time)  # unix time of the last state change
     _last_frame: float = field(default=0.0, repr=False)
     _mean_dt: float = field(default=0.0, repr=False)
 
-    def set_state(self, state: str, error: str | None = None) -> None:
-        if state not in STATES:
-            raise ValueError(f"unknown stream state {state!r}")
+    def set_state(self, state: StreamState, error: str | None = None) -> None:
+        state = StreamState(state)  # ValueError for a name that is not a state
         if state != self.state:
             self.since = time.time()
         self.state = state
@@ -61,7 +53,7 @@ class Metrics:
 
     def stream(self, name: str) -> StreamMetrics:
         if name not in self.streams:
-            self.streams[name] = StreamMetrics(name)
+            self.streams[name] = StreamMetrics(name=name)
         return self.streams[name]
 
     def snapshot(self) -> dict[str, dict[str, object]]:
@@ -88,7 +80,11 @@ class Metrics:
             "flashlive_stream_state",
             "gauge",
             "1 for the stream's current state",
-            [(f'stream="{_escape(m.name)}",state="{s}"', float(m.state == s)) for m in ms for s in STATES],
+            [
+                (f'stream="{_escape(m.name)}",state="{s}"', float(m.state == s))
+                for m in ms
+                for s in StreamState
+            ],
         )
         family("flashlive_stream_frames_total", "counter", "Decoded frames", per("frames_in"))
         family("flashlive_stream_sampled_frames_total", "counter", "Sampled frames", per("frames_sampled"))

@@ -7,9 +7,9 @@ Between discontinuities the timeline follows pts exactly; at a discontinuity it 
 to the wall clock, files: just after the last frame) and never moves backwards.
 
 Only kept frames are converted to RGB. Frames keep their native size unless the long side exceeds
-`max_side`, where swscale shrinks them (aspect kept): the model does the exact bicubic resize to S×S
-later, so a 1080p camera costs ~1 MB per sampled frame instead of ~6 MB, and the result differs from
-resizing the full frame by far less than one uint8 step.
+`max_side` (ingest passes `IngestSettings.max_side`), where swscale shrinks them (aspect kept): the
+model does the exact bicubic resize to S×S later, so a 1080p camera costs ~1 MB per sampled frame
+instead of ~6 MB, and the result differs from resizing the full frame by far less than one uint8 step.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ class Sampler:
 
     def __init__(
         self,
-        fps: float = 1.0,
+        fps: float,
         *,
         live: bool = True,
-        max_side: int | None = 960,
+        max_side: int | None = None,
         jump_tolerance: float = 2.0,
     ) -> None:
         if fps <= 0:

@@ -13,8 +13,8 @@ def thumbnail_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def jpeg_thumbnail(rgb: np.ndarray, max_width: int = 160) -> bytes:
-    """rgb: [H, W, 3] uint8 -> JPEG bytes (a few kB at 160 px wide)."""
+def jpeg_thumbnail(rgb: np.ndarray, max_width: int) -> bytes:
+    """rgb: [H, W, 3] uint8 -> JPEG bytes (a few kB at 160 px wide, `IngestSettings.thumbnail_width`)."""
     import av
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

@@ -1,35 +1,25 @@
-"""Shared fixtures. Under CI=true a test that would skip for a missing service or binary fails."""
+"""Shared fixtures. Under CI=true a test that would skip for a missing service or binary fails.
+
+Helpers and fakes that tests call themselves (`require`, `free_port`, `ColourEncoder`, `ListMemory`)
+are in helpers.py.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import require, unique_prefix
 
 if TYPE_CHECKING:
+    from rtsp_fixture import RtspServer
+    from transformers import PreTrainedTokenizerFast
+
     from flashlive.memory.server import RedisServer
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(condition: object, reason: str) -> None:
-    """Skip when `condition` is falsy, except in CI, where a missing install must fail loudly."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true and a requirement is missing: {reason}")
-    pytest.skip(reason)
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    require(path, f"{name} is not installed")
-    assert path is not None
-    return path
+    from flashlive.memory.store import VideoMemory
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +49,43 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
     if pid is not None:
         assert not Path(f"/proc/{pid}").exists(), f"redis-server pid {pid} outlived the test session"
+
+
+@pytest.fixture
+async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
+    """A VideoMemory on the session's server under a key prefix of its own (no retention limits).
+
+    It retries a lost connection from 20 ms on, so outage tests do not wait long for the replay.
+    """
+    from flashlive.memory.store import VideoMemory
+
+    mem = VideoMemory.from_url(redis_server.url, prefix=unique_prefix(), retry_initial=0.02)
+    yield mem
+    await mem.close()
+
+
+@pytest.fixture(scope="session")
+def tok() -> PreTrainedTokenizerFast:
+    """The built-in Qwen2 tokenizer (built once per session: it takes a few seconds)."""
+    from flashlive.model.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture
+def rtsp_server() -> Iterator[RtspServer]:
+    """A running GStreamer RTSP server (tests/rtsp_server.py) at `rtsp_server.url`, killed at teardown."""
+    from rtsp_fixture import RtspServer, gst_missing
+
+    reason = gst_missing()
+    require(reason is None, f"GStreamer RTSP server unavailable: {reason}")
+    server = RtspServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.close()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -8,13 +8,12 @@ import importlib.util
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import av
 import media
 from aiortc import VideoStreamTrack
-from conftest import require
-from rtsp_fixture import free_port
+from helpers import free_port, require
 
 
 class PatternTrack(VideoStreamTrack):
@@ -54,7 +53,7 @@ async def http(method: str, url: str, body: bytes = b"", headers: dict[str, str]
     return await asyncio.to_thread(call)
 
 
-async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
+async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> AsyncIterator[str]:
     """Serve `app` on a free loopback port with uvicorn for one `async for` body; yields the base URL."""
     require(importlib.util.find_spec("uvicorn"), "uvicorn is not installed (pip install uvicorn)")
     import uvicorn

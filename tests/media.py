@@ -32,7 +32,7 @@ def write_video(
     path: Path,
     *,
     seconds: float = 2.0,
-    fps: int = 10,
+    fps: int | Fraction = 10,
     size: tuple[int, int] = (64, 48),
     codec: str | None = None,
     pts_ms: list[int] | None = None,

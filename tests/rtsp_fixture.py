@@ -1,8 +1,6 @@
 """Start/stop/restart the real GStreamer RTSP server (tests/rtsp_server.py) from tests.
 
-Use the `rtsp_server` fixture, or `RtspServer` directly:
-
-    from rtsp_fixture import RtspServer, rtsp_server  # noqa: F401  (pytest finds the fixture by name)
+Use the `rtsp_server` fixture (conftest.py), or `RtspServer` directly.
 
 Under CI=true a missing GStreamer/python3-gi install fails the test instead of skipping it.
 """
@@ -16,11 +14,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from conftest import require
+from helpers import free_port
 
 SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi is installed for Debian's Python, not the venv
@@ -46,12 +42,6 @@ def gst_missing() -> str | None:
     if out.stdout.strip():
         return f"GStreamer elements missing: {out.stdout.strip()}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RtspServer:
@@ -153,17 +143,3 @@ class RtspServer:
                 proc.wait(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-@pytest.fixture
-def rtsp_server() -> Iterator[RtspServer]:
-    """A running RTSP server at `rtsp_server.url`, killed at teardown."""
-    reason = gst_missing()
-    require(reason is None, f"GStreamer RTSP server unavailable: {reason}")
-    server = RtspServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.close()

@@ -19,11 +19,11 @@ from flashlive.model.checkpoint import (
     resolve_checkpoint_dir,
     save_released_layout,
 )
-from flashlive.model.config import PRESETS, DropoutConfig, UnknownPresetError, get_preset
+from flashlive.model.config import PRESETS, DropoutConfig, FlashConfig, UnknownPresetError, get_preset
 from flashlive.model.llm import Qwen2LM
 from flashlive.model.pipeline import build_llm, build_projector, build_tower, resolve
 from flashlive.model.projector import Projector
-from flashlive.model.vision import VisionTower
+from flashlive.model.vision import VisionTower, position_table, sinusoid_table
 
 TINY = PRESETS["tiny"]
 
@@ -144,3 +144,140 @@ def test_bad_configs_and_sources_are_clear(tmp_path: Path) -> None:
         load_config(tmp_path)
     with pytest.raises(UnknownPresetError, match="unknown model preset 'huge'"):
         get_preset("huge")
+
+
+# ---------------------------------------------------------------- release parity: config and layouts
+
+
+def _parts(cfg: FlashConfig, seed: int) -> list[tuple[str, torch.nn.Module]]:
+    tower = VisionTower(cfg.vision).init_random(seed)
+    projector = Projector(cfg.vision.width, cfg.llm.hidden_size).init_random(seed + 1)
+    torch.manual_seed(seed + 2)
+    return [
+        ("model.vision_tower.vision_tower.", tower),
+        ("model.mm_projector.", projector),
+        ("", Qwen2LM(cfg.llm)),
+    ]
+
+
+def _assert_loads_back(path: Path, parts: list[tuple[str, torch.nn.Module]]) -> Qwen2LM:
+    spec = resolve(str(path))
+    llm = build_llm(spec)
+    for got, (_, want) in zip((build_tower(spec), build_projector(spec), llm), parts, strict=True):
+        for key, value in want.state_dict().items():
+            assert torch.equal(got.state_dict()[key], value), key
+    return llm
+
+
+@pytest.mark.parametrize("store_tied", [True, False])
+def test_single_file_layout_with_and_without_a_stored_tied_head(tmp_path: Path, store_tied: bool) -> None:
+    # The 2B release: one model.safetensors, no index, tie_word_embeddings true and lm_head.weight stored.
+    assert TINY.llm.tie_word_embeddings
+    parts = _parts(TINY, 20)
+    save_released_layout(tmp_path, TINY, parts, single_file=True, store_tied=store_tied)
+    assert not (tmp_path / INDEX_FILE).exists()
+    keys = set(load_file(str(tmp_path / "model.safetensors")))
+    assert ("lm_head.weight" in keys) == store_tied
+    llm = _assert_loads_back(tmp_path, parts)
+    assert llm.lm_head.weight is llm.model.embed_tokens.weight
+
+
+def test_a_stored_head_that_differs_from_the_tied_embedding_is_reported_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = _parts(TINY, 30)
+    save_released_layout(tmp_path, TINY, parts, single_file=True, store_tied=True)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 0.5
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with caplog.at_level("WARNING"):
+        llm = _assert_loads_back(tmp_path, parts)  # the embedding, as transformers' tie_weights leaves it
+    assert "lm_head.weight is stored but tie_word_embeddings is true" in caplog.text
+    assert "max difference 0.5" in caplog.text
+    assert torch.equal(llm.lm_head.weight, tensors["model.embed_tokens.weight"])
+
+
+def test_untied_head_is_loaded_and_required(tmp_path: Path) -> None:
+    cfg = replace(TINY, llm=replace(TINY.llm, tie_word_embeddings=False))
+    parts = _parts(cfg, 40)
+    save_released_layout(tmp_path / "ok", cfg, parts, single_file=True)
+    llm = _assert_loads_back(tmp_path / "ok", parts)
+    assert not torch.equal(llm.lm_head.weight, llm.model.embed_tokens.weight)
+    tensors = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    (tmp_path / "broken").mkdir()
+    save_file(tensors, str(tmp_path / "broken" / "model.safetensors"))
+    (tmp_path / "broken" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=r"LLM: missing tensor lm_head\.weight"):
+        build_llm(resolve(str(tmp_path / "broken")))
+
+
+@pytest.mark.parametrize(
+    ("tower", "size"),
+    [("umt-hd-large", 448), ("umt-large", 224), ("OpenGVLab/umt-hd-l16", 448), ("my-umt-l", 224)],
+)
+def test_tower_is_picked_by_substring(tower: str, size: int) -> None:
+    raw = {**released_config_dict(TINY), "mm_vision_tower": tower}
+    assert config_from_released(raw, "x").vision.image_size == size
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling"),
+        ("mm_newline_position", "one_token", "mm_newline_position 'one_token' is not supported"),
+        ("mm_patch_merge_type", "spatial_unpad", "mm_patch_merge_type 'spatial_unpad' is not supported"),
+        ("frame_aspect_ratio", "anyres", "frame_aspect_ratio 'anyres' is not supported"),
+        ("vision_encode_type", "image", "vision_encode_type 'image' is not supported"),
+        ("vision_encode_type", None, "vision_encode_type 'image' is not supported"),  # the release's default
+        ("mm_vision_select_layer", 0, "mm_vision_select_layer 0 is not supported"),
+        ("mm_vision_select_layer", -4, "mm_vision_select_layer -4 is not supported"),  # tiny depth is 3
+        ("mm_vision_select_layer", "-2", "mm_vision_select_layer '-2' is not supported"),
+        ("mm_vision_tower", "siglip-so400m-umt", r"mm_vision_tower 'siglip-so400m-umt' .* \(only UMT towers"),
+        ("mm_vision_tower", "internvideo2", r"mm_vision_tower 'internvideo2' is not supported"),
+        ("mm_local_num_frames", 0, "mm_local_num_frames 0 is not a positive integer"),
+    ],
+)
+def test_unimplemented_settings_are_refused_naming_the_key(key: str, value: object, message: str) -> None:
+    raw = released_config_dict(TINY)
+    if value is None:
+        del raw[key]
+    else:
+        raw[key] = value
+    with pytest.raises(CheckpointError, match=f"config.json: {message}"):
+        config_from_released(raw, "x")
+
+
+def test_released_spellings_are_accepted() -> None:
+    raw = released_config_dict(PRESETS["VideoChat-Flash-Qwen2-7B_res448"])
+    assert raw["mm_vision_select_layer"] == -2 and raw["vision_encode_type"] == "video_image"
+    for merge in ("flat", "spatial", "spatial_nopad"):
+        assert config_from_released({**raw, "mm_patch_merge_type": merge}, "x").vision.layers == 23
+    assert config_from_released({**raw, "rope_scaling": None}, "x").llm.rope_theta == 1e6
+
+
+def test_select_layer_sets_the_blocks_built_and_loaded(tmp_path: Path) -> None:
+    raw = released_config_dict(PRESETS["VideoChat-Flash-Qwen2-7B_res224"])
+    assert config_from_released(raw, "x").vision.layers == 23  # 24 - 2 + 1
+    assert config_from_released({**raw, "mm_vision_select_layer": -1}, "x").vision.layers == 24
+    assert config_from_released({**raw, "mm_vision_select_layer": -24}, "x").vision.layers == 1
+    # Honoured when loading: a tiny checkpoint (depth 3, blocks 0-1 stored) asked for its last layer
+    # needs block 2, which is not there.
+    save_released_layout(tmp_path, TINY, _parts(TINY, 50), single_file=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["flashlive_vision_depth"] == 3
+    (tmp_path / "config.json").write_text(json.dumps({**config, "mm_vision_select_layer": -1}))
+    with pytest.raises(
+        CheckpointError, match=r"missing tensor model\.vision_tower\.vision_tower\.encoder\.blocks\.2"
+    ):
+        build_tower(resolve(str(tmp_path)))
+
+
+def test_position_table_base_is_four_frames_whatever_the_clip_length() -> None:
+    raw = {**released_config_dict(TINY), "mm_local_num_frames": 8}
+    cfg = config_from_released(raw, "x")
+    assert (cfg.vision.clip_frames, cfg.vision.base_frames, cfg.merge.tokens_per_clip) == (8, 4, 128)
+    tower = VisionTower(cfg.vision)
+    table = tower.positions(8, torch.device("cpu"), torch.float32)
+    assert torch.equal(table, position_table(8, 14, cfg.vision.width, base_frames=4))
+    assert not torch.allclose(table, sinusoid_table(8 * 196, cfg.vision.width))

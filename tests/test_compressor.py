@@ -1,8 +1,8 @@
 """The online compressor: batching across streams, an event loop that never blocks, bounded queues.
 
-The encoder here is a small deterministic stand-in (per-clip mean colours tiled to [T, C]), so a test
-can tell exactly which clip became which tokens and can make encoding as slow as it likes. The real
-tiny encoder runs in tests/test_ingest.py.
+The encoder here is `helpers.ColourEncoder`, a small deterministic stand-in (per-clip mean colours
+tiled to [T, C]), so a test can tell exactly which clip became which tokens and can make encoding as
+slow as it likes. The real tiny encoder runs in tests/test_ingest.py.
 """
 
 from __future__ import annotations
@@ -13,61 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ColourEncoder, ListMemory
 
-from flashlive.memory.types import Clip
 from flashlive.stream.clips import PendingClip
-from flashlive.stream.compressor import Compressor, CompressorClosed
+from flashlive.stream.compressor import Compressor, CompressorClosed, StreamRejected
 from flashlive.stream.metrics import Metrics
 from flashlive.stream.sampler import Sampler
-
-
-class ColourEncoder:
-    """ClipEncoder whose tokens are each clip's mean colour (and frame count) tiled to [T, C]."""
-
-    encoder_id = "test-colour/v1"
-    clip_frames = 4
-    tokens_per_clip = 8
-    width = 4
-    device = "cpu"
-
-    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
-        self.delay = delay
-        self.fail_on = fail_on  # a colour value whose batch raises
-        self.batches: list[list[int]] = []  # first-pixel value of each clip, per batch
-        self.gate: threading.Event | None = None
-        self.threads: set[str] = set()
-
-    def encode(self, clips: np.ndarray) -> np.ndarray:
-        assert clips.dtype == np.uint8 and clips.ndim == 5 and clips.shape[1] == self.clip_frames
-        self.threads.add(threading.current_thread().name)
-        if self.gate is not None:
-            self.gate.wait(5)
-        if self.delay:
-            time.sleep(self.delay)
-        values = [int(c[0, 0, 0, 0]) for c in clips]
-        self.batches.append(values)
-        if self.fail_on is not None and self.fail_on in values:
-            raise RuntimeError("synthetic encoder failure")
-        mean = clips.reshape(len(clips), -1, 3).mean(axis=1)  # [N, 3]
-        feats = np.concatenate([mean, np.full((len(clips), 1), clips.shape[1])], axis=1)  # [N, 4]
-        return np.repeat(feats[:, None, :], self.tokens_per_clip, axis=1).astype(np.float16)  # [N, T, 4]
-
-
-class ListMemory:
-    """A ClipSink that keeps clips in a list; `fail` makes the next appends raise (a store outage)."""
-
-    def __init__(self) -> None:
-        self.clips: list[Clip] = []
-        self.fail = 0
-
-    async def append(self, clip: Clip) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise ConnectionError("store unavailable")
-        self.clips.append(clip)
-
-    def of(self, stream: str) -> list[Clip]:
-        return [c for c in self.clips if c.stream == stream]
+from flashlive.stream.settings import IngestSettings
 
 
 def pending(stream: str, t: float, value: int, step: float = 1.0, real: int = 4) -> PendingClip:
@@ -97,7 +49,7 @@ async def test_clip_fields_tokens_and_thumbnail() -> None:
 async def test_batches_mix_streams_round_robin() -> None:
     mem, enc = ListMemory(), ColourEncoder()
     enc.gate = threading.Event()
-    comp = Compressor(enc, mem, max_batch=8)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=8))
     for name in ("a", "b", "c"):
         comp.register(name, policy="wait", max_pending=8)
     await comp.submit(pending("a", 0.0, 1))  # taken alone: the encoder then blocks on the gate
@@ -162,7 +114,7 @@ async def test_event_loop_keeps_running_while_encoding() -> None:
 async def test_skip_policy_bounds_the_queue_and_counts_drops() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.05)
     metrics = Metrics()
-    comp = Compressor(enc, mem, metrics, max_batch=1)
+    comp = Compressor(enc, mem, metrics, settings=IngestSettings(max_batch=1))
     comp.register("cam", policy="skip", max_pending=3)
     seen_pending, seen_lag = [], []
     for k in range(40):  # clips arrive every 5 ms, the encoder needs 50 ms each
@@ -184,7 +136,7 @@ async def test_skip_policy_bounds_the_queue_and_counts_drops() -> None:
 
 async def test_lower_fps_policy_reduces_then_restores_the_rate() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.05)
-    comp = Compressor(enc, mem, max_batch=1)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=1))
     sampler = Sampler(1.0)
     comp.register("cam", policy="lower_fps", max_pending=4, sampler=sampler, min_fps=0.25)
     rates = []
@@ -206,7 +158,7 @@ async def test_lower_fps_policy_reduces_then_restores_the_rate() -> None:
 
 async def test_wait_policy_loses_nothing_and_blocks_the_producer() -> None:
     mem, enc = ListMemory(), ColourEncoder(delay=0.02)
-    comp = Compressor(enc, mem, max_batch=2)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=2))
     comp.register("file", policy="wait", max_pending=2)
     for k in range(12):
         await comp.submit(pending("file", 4.0 * k, k))
@@ -219,7 +171,7 @@ async def test_wait_policy_loses_nothing_and_blocks_the_producer() -> None:
 
 async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> None:
     mem, enc = ListMemory(), ColourEncoder(fail_on=5)
-    comp = Compressor(enc, mem, max_batch=1)
+    comp = Compressor(enc, mem, settings=IngestSettings(max_batch=1))
     comp.register("cam", policy="wait")
     await comp.submit(pending("cam", 0.0, 5))
     await comp.drain()
@@ -234,10 +186,39 @@ async def test_encoder_failure_and_store_outage_do_not_stop_the_compressor() -> 
         await comp.submit(pending("cam", 8.0, 7))
 
 
+class BuggyEncoder(ColourEncoder):
+    """An encoder with a bug (not a bad batch): a TypeError, which the compressor does not swallow."""
+
+    def encode(self, clips: np.ndarray) -> np.ndarray:
+        raise TypeError("unsupported operand type(s)")
+
+
+async def test_a_bug_in_encoding_stops_every_stream_with_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    comp = Compressor(BuggyEncoder(), ListMemory())
+    comp.register("a", policy="wait")
+    comp.register("b", policy="skip")
+    await comp.submit(pending("a", 0.0, 1))
+    await asyncio.wait_for(comp.drain(), 5)  # returns: nothing will be encoded any more
+    for name in ("a", "b"):
+        with pytest.raises(StreamRejected, match="internal error in the compressor: TypeError"):
+            await comp.submit(pending(name, 4.0, 2))
+    assert "the compressor failed" in caplog.text and "unsupported operand" in caplog.text
+    await asyncio.wait_for(comp.close(), 5)
+
+
+async def test_register_takes_its_defaults_from_the_settings() -> None:
+    settings = IngestSettings(policy="skip", max_pending_clips=3, min_fps=0.5, fps=2.0)
+    comp = Compressor(ColourEncoder(), ListMemory(), settings=settings)
+    q = comp.register("x")
+    assert (q.policy, q.max_pending, q.min_fps, q.target_fps) == ("skip", 3, 0.5, 2.0)
+    assert comp.max_batch == settings.max_batch and comp.thumbnail_width == settings.thumbnail_width
+    await comp.close()
+
+
 async def test_register_checks_its_arguments() -> None:
     comp = Compressor(ColourEncoder(), ListMemory())
     with pytest.raises(ValueError, match="policy"):
-        comp.register("x", policy="drop-everything")
+        comp.register("x", policy="drop-everything")  # type: ignore[arg-type]
     comp.register("x")
     with pytest.raises(ValueError, match="already registered"):
         comp.register("x")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from flashlive.app.ingest import specs_from_config
 from flashlive.cli import main
 from flashlive.config import ConfigError, FlashliveConfig, load_config, parse_config
-from flashlive.stream.ingest import specs_from_config
 
 EXAMPLE = """\
 streams:
@@ -33,8 +33,10 @@ ingest:
   backoff_max_s: 30
 model: {name: tiny, device: cpu}
 memory:
-  redis_url: "${REDIS_URL:-}"
-  retention_s: 86400
+  redis:
+    url: "${REDIS_URL:-}"
+  retention:
+    seconds: 86400
 web:
   port: 8080
   whip_token: "$${not-substituted}"
@@ -50,9 +52,10 @@ def test_example_parses_with_env_and_defaults() -> None:
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
     assert cfg.streams["phone"].whip and cfg.streams["phone"].url is None
     assert cfg.streams["demo"].url == "/videos/demo.mp4"  # ${VAR:-default}
-    assert cfg.memory.redis_url is None  # empty means the embedded server
+    assert cfg.memory.redis.url is None and cfg.memory.redis.embedded  # empty means the embedded server
+    assert cfg.memory.retention.seconds == 86400 and cfg.memory.retention.max_bytes is None
     assert cfg.web.whip_token is not None and cfg.web.whip_token.get_secret_value() == "${not-substituted}"
-    assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.model.max_batch == 8
+    assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.ingest.max_batch == 8
     assert cfg.worker.concurrency == 1
 
 
@@ -61,10 +64,12 @@ def test_specs_follow_the_config() -> None:
     pulled = specs_from_config(cfg)
     assert sorted(pulled) == ["archive", "lobby"]  # demo is disabled, phone is WHIP
     lobby, archive = pulled["lobby"], pulled["archive"]
-    assert lobby.fps == 0.5 and lobby.policy == "lower_fps" and lobby.retry
-    assert lobby.source_options["password"] == "hunter2" and lobby.source_options["rtsp_transport"] == "udp"
-    assert lobby.min_fps <= lobby.fps and lobby.backoff_max_s == 30
-    assert archive.policy == "wait" and archive.source_options["realtime"] is False  # backfill loses nothing
+    assert lobby.sample_fps == 0.5 and lobby.backpressure == "lower_fps" and lobby.retry
+    credentials = lobby.source.credentials
+    assert credentials is not None and credentials.password is not None
+    assert credentials.password.get_secret_value() == "hunter2" and lobby.source.transport == "udp"
+    assert lobby.min_fps <= lobby.sample_fps and lobby.settings.backoff_max_s == 30
+    assert archive.backpressure == "wait" and archive.source.realtime is False  # backfill loses nothing
     whip = specs_from_config(cfg, whip=True)
     assert list(whip) == ["phone"] and whip["phone"].url is None and not whip["phone"].retry
 
@@ -147,3 +152,62 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert f"{bad}:4: streams.cam.fps" in err
     assert main(["ingest", "--config", str(bad)]) == 2
     assert f"{bad}:4" in capsys.readouterr().err
+
+
+def test_device_and_stream_name_rules_agree_with_the_code_that_uses_them() -> None:
+    import torch
+
+    from flashlive.memory.keys import check_stream_name
+    from flashlive.model.device import resolve_device
+    from flashlive.stream.sources.whip import WhipApp
+
+    cfg = parse_config("model: {device: auto}\nworker: {device: cuda:1}\n")
+    assert resolve_device(cfg.model.device) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert problems("model: {device: gpu}\n") == [
+        (
+            1,
+            "model.device",
+            "unknown device 'gpu'; use cpu, cuda, cuda:N or auto (cuda when there is one, else cpu)",
+        )
+    ]
+    # a 100-character name passes the config, and so the memory and the WHIP app take it too
+    long_name = "cam-" + "x" * 96
+    cfg = parse_config(f"streams:\n  {long_name}: {{whip: true}}\n")
+    assert check_stream_name(long_name) == long_name
+    assert WhipApp().stream_source(long_name).name == long_name
+    ((line, path, message),) = problems(f"streams:\n  {'y' * 129}: {{whip: true}}\n")
+    assert (line, path) == (2, "streams." + "y" * 129) and "at most" not in message and "1-128" in message
+
+
+def test_a_misspelt_source_option_or_a_moved_setting_fails_with_its_line() -> None:
+    text = """\
+streams:
+  cam:
+    url: rtsp://h/s
+    open_timout_s: 3
+memory:
+  retention_s: 60
+model:
+  max_batch: 4
+"""
+    assert sorted(problems(text)) == [
+        (
+            4,
+            "streams.cam.open_timout_s",
+            "unknown setting (check the spelling; see docs/ingest.md for the schema)",
+        ),
+        (6, "memory.retention_s", "moved to memory.retention.seconds"),
+        (8, "model.max_batch", "moved to ingest.max_batch"),
+    ]
+
+
+def test_ingest_command_line_errors_are_one_plain_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ingest", "/videos/a.mp4", "--fps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "the command line: streams.a.fps: Input should be greater than 0" in err
+    assert "pydantic" not in err and "validation error" not in err.lower() and "Traceback" not in err
+    assert main(["ingest", "/videos/a.mp4", "--name", "bad name!"]) == 2
+    assert "bad name 'bad name!'" in capsys.readouterr().err
+    assert main(["ingest", "/videos/a.mp4", "--redis", "http://cache:6379"]) == 2
+    err = capsys.readouterr().err
+    assert "--redis / $FLASHLIVE_REDIS_URL" in err and "redis://" in err

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from flashlive.model.config import PRESETS, DropoutConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.dropout import DropoutError, stage_counts, stage_modes
 from flashlive.model.generate import generate
 from flashlive.model.kv_cache import KVCache
 from flashlive.model.llm import Qwen2LM, random_init_
-from flashlive.model.sampling import SamplingParams
 
 TINY = PRESETS["tiny"].llm  # 4 layers, hidden 64, 4 heads of 16, 2 kv heads
 
@@ -83,12 +85,13 @@ def aligned_model(select_layer: int, hot: list[int]) -> tuple[Qwen2LM, torch.Ten
     """
     lm = random_init_(Qwen2LM(TINY), seed=3).eval()
     d = TINY.head_dim
+    layers: Any = lm.model.layers
     with torch.no_grad():
         for i in range(select_layer):
-            lm.model.layers[i].self_attn.o_proj.weight.zero_()
-            lm.model.layers[i].mlp.down_proj.weight.zero_()
-        attn = lm.model.layers[select_layer].self_attn
-        lm.model.layers[select_layer].input_layernorm.weight.fill_(1.0)
+            layers[i].self_attn.o_proj.weight.zero_()
+            layers[i].mlp.down_proj.weight.zero_()
+        attn = layers[select_layer].self_attn
+        layers[select_layer].input_layernorm.weight.fill_(1.0)
         for p in (attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias):
             p.zero_()
         for h in range(TINY.num_attention_heads):

@@ -11,10 +11,10 @@ import torch
 from flashlive.memory.keys import entry_id
 from flashlive.memory.types import Clip
 from flashlive.model.config import DropoutConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.engine import Engine, PrefixHandle
 from flashlive.model.prompt import PromptError, PromptTooLongError, question_text, video_prefix_text
 from flashlive.model.result import AnswerResult, StepOutput
-from flashlive.model.sampling import SamplingParams
 from flashlive.model.window import VideoWindow, WindowError
 
 RECIPE = DropoutConfig("uniform0_attention", (1, 3), (1.0, 0.75, 0.25))  # the model card's, on 4 layers
@@ -292,3 +292,21 @@ def test_engine_on_cuda_matches_the_cpu_answers(engine: Engine) -> None:
         assert scores == pytest.approx(
             engine.score_yes_no(engine.prefix(window, dropout), QUESTIONS), abs=0.05
         )
+
+
+def test_checkpoint_generation_settings_are_layered_under_the_request(engine: Engine) -> None:
+    from flashlive.model.generation_config import RequestSampling, parse_generation_config
+
+    assert engine.sampling() == SamplingParams(max_new_tokens=1024, stop_ids=(151645, 151643))  # chat()'s
+    file = {"eos_token_id": [151645, 151643], "repetition_penalty": 1.05, "top_k": 20}
+    qwen2 = parse_generation_config(file)
+    tuned = Engine(engine.cfg, engine.projector, engine.llm, engine.tokenizer, generation=qwen2)
+    params = tuned.sampling(RequestSampling(max_new_tokens=5))
+    # greedy: no top-k
+    assert (params.repetition_penalty, params.top_k, params.max_new_tokens) == (1.05, 0, 5)
+    assert tuned.sampling(RequestSampling(temperature=0.5)).top_k == 20
+    prefix = tuned.prefix(VideoWindow.from_clips(clips(tuned)))
+    result = alone(tuned, prefix, "What happens?", params)
+    assert result.new_tokens <= 5
+    same = alone(tuned, prefix, "What happens?", SamplingParams(max_new_tokens=5, repetition_penalty=1.05))
+    assert result.answer == same.answer

@@ -9,36 +9,30 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import media
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from helpers import free_port
 from http_helpers import PatternTrack, http, serve
-from rtsp_fixture import RtspServer, free_port, rtsp_server  # noqa: F401
+from rtsp_fixture import RtspServer
 
-from flashlive.config import StreamConfig
 from flashlive.memory.errors import RangeOutsideMemoryError, UnknownStreamError
 from flashlive.memory.server import RedisServer
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
-from flashlive.memory.types import ClipInfo
+from flashlive.memory.types import ClipInfo, StreamState
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
-from flashlive.stream.ingest import Ingest, spec_from_config
+from flashlive.stream.ingest import Ingest
 from flashlive.stream.lifecycle import StreamSpec
+from flashlive.stream.settings import IngestSettings, SourceOptions, StreamSettings
 
 
 @pytest.fixture(scope="module")
 def encoder() -> ClipEncoder:
-    return load_clip_encoder("tiny")
-
-
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield mem
-    await mem.close()
+    return load_clip_encoder()
 
 
 async def infos(memory: VideoMemory, stream: str) -> list[ClipInfo]:
@@ -54,13 +48,16 @@ def assert_monotonic(clips: list[ClipInfo]) -> None:
 
 
 async def test_file_backfill_clip_count_and_times_match_the_duration(
-    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
+    tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory, redis_server: RedisServer
 ) -> None:
     path = tmp_path / "ten.mp4"
     media.write_video(path, seconds=10, fps=10, size=(96, 64))
     async with Ingest(encoder, memory) as ingest:
-        runner = ingest.start_stream(spec_from_config("ten", StreamConfig(url=str(path), realtime=False)))
-        assert runner.spec.policy == "wait"  # backfill never drops clips
+        spec = StreamSpec.from_settings(
+            "ten", StreamSettings(url=str(path), realtime=False), IngestSettings()
+        )
+        runner = ingest.start_stream(spec)
+        assert runner.spec.backpressure == "wait"  # backfill never drops clips
         await asyncio.wait_for(ingest.wait(), 30)
     assert runner.state == "stopped" and runner.error is None
     got = await infos(memory, "ten")
@@ -80,10 +77,21 @@ async def test_file_backfill_clip_count_and_times_match_the_duration(
     assert not np.array_equal(window[0].tokens, window[1].tokens)
     meta = await memory.meta("ten")
     assert meta["state"] == "stopped" and meta["error"] == "" and meta["source"] == str(path)
+    # another process (its own client) reads the state and the metrics ingest left in memory
+    other = VideoMemory.from_settings(RedisSettings.from_dsn(redis_server.url, prefix=memory.prefix))
+    try:
+        status = await other.status("ten")
+    finally:
+        await other.close()
+    assert status.state == StreamState.STOPPED and status.error == "" and status.source == str(path)
+    assert (status.metrics.clips, status.metrics.frames_sampled, status.metrics.frames_in) == (3, 10, 100)
+    assert status.metrics.sample_fps == 1.0 and status.metrics.dropped_clips == 0
+    assert status.metrics == runner.metrics.counters()
 
 
+@pytest.mark.slow
 async def test_rtsp_cadence_outage_and_recovery(
-    rtsp_server: RtspServer,  # noqa: F811
+    rtsp_server: RtspServer,
     encoder: ClipEncoder,
     memory: VideoMemory,
 ) -> None:
@@ -91,10 +99,9 @@ async def test_rtsp_cadence_outage_and_recovery(
     spec = StreamSpec(
         "cam",
         rtsp_server.url,
-        {"name": "cam", "open_timeout": 2.0, "read_timeout": 1.5},
+        SourceOptions(open_timeout_s=2.0, read_timeout_s=1.5),
         fps=fps,
-        backoff_initial_s=0.2,
-        backoff_max_s=1.0,
+        settings=IngestSettings(backoff_initial_s=0.2, backoff_max_s=1.0),
     )
     async with Ingest(encoder, memory) as ingest:
         runner = ingest.start_stream(spec)
@@ -111,6 +118,10 @@ async def test_rtsp_cadence_outage_and_recovery(
         assert all(abs((c.end - c.start) - 2.0) < 0.2 for c in got)
         assert all(abs(c.wall_start - c.start) < 1.0 for c in got)
         assert (await memory.meta("cam"))["state"] == "live"
+        # while live, the status and metrics in memory are refreshed every meta_interval_s (2 s)
+        status = await memory.status("cam")
+        assert status.state == StreamState.LIVE and time.time() - status.reported < 2 * 2.0 + 0.5
+        assert status.since <= t_live and status.metrics.frames_in > 0 and status.metrics.sample_fps == fps
 
         rtsp_server.stop()
         await runner.wait_state("retrying", timeout=10)
@@ -132,6 +143,7 @@ async def test_rtsp_cadence_outage_and_recovery(
     assert (await memory.meta("cam"))["state"] == "stopped"
 
 
+@pytest.mark.slow
 async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
     tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory
 ) -> None:
@@ -143,8 +155,9 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
     codec.write_bytes(good.read_bytes().replace(b"avc1", b"zzzz"))  # a codec no decoder knows
     unreachable = f"rtsp://127.0.0.1:{free_port()}/nobody"
 
-    def spec(name: str, url: str, **kw: object) -> StreamSpec:
-        return StreamSpec(name, url, {"name": name, "open_timeout": 1.0, **kw}, fps=2.0, backoff_max_s=1.0)
+    def spec(name: str, url: str, *, loop: bool = False, realtime: bool = True) -> StreamSpec:
+        options = SourceOptions(open_timeout_s=1.0, loop=loop, realtime=realtime)
+        return StreamSpec(name, url, options, fps=2.0, settings=IngestSettings(backoff_max_s=1.0))
 
     async with Ingest(encoder, memory) as ingest:
         healthy = ingest.start_stream(spec("healthy", str(good), loop=True, realtime=True))
@@ -182,7 +195,8 @@ async def test_ingest_publishes_metrics(tmp_path: Path, encoder: ClipEncoder, me
     path = tmp_path / "m.mp4"
     media.write_video(path, seconds=4, fps=10, size=(64, 48))
     async with Ingest(encoder, memory) as ingest:
-        ingest.start_stream(spec_from_config("m", StreamConfig(url=str(path), realtime=False, fps=2)))
+        stream = StreamSettings(url=str(path), realtime=False, fps=2)
+        ingest.start_stream(StreamSpec.from_settings("m", stream, IngestSettings()))
         await ingest.wait()
         text = ingest.metrics.prometheus_text()
     m = ingest.metrics.stream("m")
@@ -221,6 +235,7 @@ def test_cli_backfill_and_config(tmp_path: Path, redis_server: RedisServer) -> N
     assert [c.frames for c in two] == [4, 4, 4]  # 6 s at 2 fps
 
 
+@pytest.mark.slow
 async def test_whip_publisher_is_ingested_and_delete_ends_it(
     encoder: ClipEncoder, memory: VideoMemory
 ) -> None:

@@ -10,10 +10,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from flashlive.model.config import PRESETS, DropoutConfig, LLMConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.dropout import DropoutError
 from flashlive.model.generate import generate
 from flashlive.model.llm import Qwen2LM, random_init_
-from flashlive.model.sampling import SamplingParams
 
 TINY = PRESETS["tiny"].llm  # hidden 64, 4 layers, 4 heads, 2 kv heads, vocab 151936, tied
 

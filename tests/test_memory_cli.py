@@ -79,6 +79,7 @@ def test_ls_json(redis_server: RedisServer, filled: str) -> None:
     assert "lobby" in table and "yard" in table and "STREAM" in table
 
 
+@pytest.mark.slow
 def test_show_json_and_errors(redis_server: RedisServer, filled: str) -> None:
     url = redis_server.url
     out = flashlive(

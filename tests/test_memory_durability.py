@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from flashlive.memory.server import RedisServer
-from flashlive.memory.store import AppendStatus, Retention, VideoMemory
+from flashlive.memory.settings import Retention
+from flashlive.memory.store import AppendStatus, VideoMemory
 from flashlive.memory.types import Clip
 
 ENC = "tiny@224/tome16_mlp_hd64"
@@ -30,23 +31,17 @@ async def actual_bytes(memory: VideoMemory, stream: str) -> int:
     """Bytes really held, summed from the stored values (not from the memory's counter): the token and
     thumbnail hashes plus the token tails the stream entries carry."""
     keys = memory.keys(stream)
-    total = sum(len(fields.get(b"tt", b"")) for _, fields in await memory.client.xrange(keys.clips))
+    entries: Any = await memory.client.xrange(keys.clips)
+    total = sum(len(fields.get(b"tt", b"")) for _, fields in entries)
     for key in (keys.tokens, keys.thumbs):
         for value in (await memory.client.hgetall(key)).values():
             total += len(value)
     return total
 
 
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"d{uuid.uuid4().hex[:8]}", retry_initial=0.02)
-    yield mem
-    await mem.close()
-
-
 async def test_time_window_keeps_exactly_the_window(redis_server: RedisServer) -> None:
     mem = VideoMemory.from_url(
-        redis_server.url, prefix=f"r{uuid.uuid4().hex[:8]}", retention=Retention(600.0, 0)
+        redis_server.url, prefix=f"r{uuid.uuid4().hex[:8]}", retention=Retention(seconds=600.0)
     )
     try:
         for i in range(600):
@@ -63,12 +58,14 @@ async def test_time_window_keeps_exactly_the_window(redis_server: RedisServer) -
         await mem.close()
 
 
+@pytest.mark.slow
 async def test_byte_cap_under_concurrent_appenders(redis_server: RedisServer) -> None:
     """Two writers (own connections) append to four streams at once; caps hold after every append."""
     prefix = f"r{uuid.uuid4().hex[:8]}"
     cap = 40 * 1024 + 40 * 300
     writers = [
-        VideoMemory.from_url(redis_server.url, prefix=prefix, retention=Retention(0, cap)) for _ in range(2)
+        VideoMemory.from_url(redis_server.url, prefix=prefix, retention=Retention(max_bytes=cap))
+        for _ in range(2)
     ]
     sizes: dict[str, list[int]] = {}
 

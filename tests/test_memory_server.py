@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from helpers import require
 
 from flashlive.memory.connect import open_memory
 from flashlive.memory.server import (
@@ -17,6 +17,7 @@ from flashlive.memory.server import (
     running_server_url,
     server_version,
 )
+from flashlive.memory.settings import RedisSettings
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
 
@@ -122,16 +123,56 @@ def test_failed_start_is_reported_and_leaves_nothing(tmp_path: Path, redis_serve
 
 
 async def test_open_memory_starts_or_attaches(tmp_path: Path) -> None:
-    async with open_memory(None, data_dir=tmp_path) as mem:
+    settings = RedisSettings(data_dir=str(tmp_path))
+    assert settings.embedded
+    async with open_memory(settings) as mem:
         url = running_server_url(tmp_path)
         assert url is not None
         await mem.set_state("cam", "live")
         pids = redis_pids_using(tmp_path)
         assert len(pids) == 1
         # a second user of the same data dir attaches instead of starting a second server
-        async with open_memory(None, data_dir=tmp_path) as other:
+        async with open_memory(settings) as other:
             assert await other.streams() == ["cam"]
             assert redis_pids_using(tmp_path) == pids
         assert alive(pids[0])
     assert not alive(pids[0])
     assert running_server_url(tmp_path) is None
+
+
+async def test_async_start_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+    import time
+
+    from flashlive.memory.server import _aprobe
+
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    # a listener that accepts and never answers: the probe waits out its 0.5 s timeout off the loop
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        t0 = time.perf_counter()
+        assert await _aprobe("127.0.0.1", silent.getsockname()[1], None, os.getpid()) == "down"
+        assert time.perf_counter() - t0 >= 0.45
+    server = await RedisServer(tmp_path).astart()
+    try:
+        mem = VideoMemory.from_url(server.url)
+        await mem.set_state("cam", "live")
+        await mem.close()
+    finally:
+        await server.astop()
+    done.set()
+    await tick
+    assert max(gaps) < 0.25, max(gaps)  # a blocking probe would show as a 0.5 s gap

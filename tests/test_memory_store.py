@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
+from helpers import unique_prefix
+from pydantic import ValidationError
 
+from flashlive.config import FlashliveConfig
 from flashlive.memory.errors import (
     CorruptEntryError,
     EncoderMismatchError,
@@ -21,8 +25,9 @@ from flashlive.memory.errors import (
 from flashlive.memory.keys import StreamKeys
 from flashlive.memory.sampling import MAX_BUDGET, uniform_indices
 from flashlive.memory.server import RedisServer
-from flashlive.memory.store import AppendStatus, Retention, VideoMemory
-from flashlive.memory.types import Clip
+from flashlive.memory.settings import RedisSettings, Retention
+from flashlive.memory.store import AppendStatus, VideoMemory
+from flashlive.memory.types import Clip, IngestCounters, StreamState
 
 ENC = "tiny@224/tome16_mlp_hd64"
 CLIP_S = 4.0  # one 4-frame clip per 4 s at 1 fps
@@ -36,13 +41,6 @@ def make_clip(stream: str, i: int, shape: tuple[int, ...] = (64, 8), encoder: st
 
 def index_of(clip: Clip) -> int:
     return round(clip.start / CLIP_S)
-
-
-@pytest.fixture
-async def memory(redis_server: RedisServer) -> AsyncIterator[VideoMemory]:
-    mem = VideoMemory.from_url(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield mem
-    await mem.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +67,7 @@ async def big(redis_server: RedisServer, ten_thousand: str) -> AsyncIterator[Vid
     await mem.close()
 
 
+@pytest.mark.slow
 async def test_ten_thousand_clips_windows_and_replay(big: VideoMemory) -> None:
     stats = await big.stats("cam")
     assert (stats.clips, stats.first_start, stats.last_end) == (10_000, 0.0, 40_000.0)
@@ -100,6 +99,7 @@ async def test_ten_thousand_clips_windows_and_replay(big: VideoMemory) -> None:
     assert [c.start for c in listed] == [39_992.0, 39_996.0]
 
 
+@pytest.mark.slow
 async def test_budget_is_uniform_deterministic_and_spans(big: VideoMemory) -> None:
     first = await big.read_window("cam", encoder_id=ENC, start=4000.0, end=20_000.0, budget=128)
     again = await big.read_window("cam", encoder_id=ENC, start=4000.0, end=20_000.0, budget=128)
@@ -182,8 +182,8 @@ async def test_encoder_guard(memory: VideoMemory) -> None:
         await memory.read_window("cam", encoder_id=ENC)
 
 
-async def _fields(memory: VideoMemory, keys: StreamKeys) -> dict[bytes, bytes]:
-    entries = await memory.client.xrange(keys.clips, "-", "+", count=1)
+async def _fields(memory: VideoMemory, keys: StreamKeys) -> dict[Any, Any]:
+    entries: Any = await memory.client.xrange(keys.clips, "-", "+", count=1)
     fields = dict(entries[0][1])
     fields.pop(b"enc")
     return fields
@@ -208,7 +208,8 @@ async def test_bad_requests_leave_everything_untouched(memory: VideoMemory) -> N
         await memory.read_window("good", encoder_id=ENC, start=1000.0, end=2000.0)
     with pytest.raises(RangeOutsideMemoryError):
         [c async for c in memory.replay_info("good", 500.0, 600.0)]
-    for budget in (-1, 0, MAX_BUDGET + 1, 10**12, 2.5, True):
+    bad_budgets: list[Any] = [-1, 0, MAX_BUDGET + 1, 10**12, 2.5, True]
+    for budget in bad_budgets:
         with pytest.raises(InvalidRequestError, match="budget"):
             await memory.read_window("good", encoder_id=ENC, budget=budget)
     for kwargs in ({"last": -5.0}, {"start": float("nan")}, {"last": 10.0, "start": 1.0}, {"end": "soon"}):
@@ -216,7 +217,8 @@ async def test_bad_requests_leave_everything_untouched(memory: VideoMemory) -> N
             await memory.read_window("good", encoder_id=ENC, **kwargs)
     with pytest.raises(InvalidRequestError, match="encoder_id"):
         await memory.read_window("good", encoder_id="")
-    for name in ("", "a b", "x{y}", "a:b", "-x", "n" * 200, None):
+    bad_names: list[Any] = ["", "a b", "x{y}", "a:b", "-x", "n" * 200, None]
+    for name in bad_names:
         with pytest.raises(InvalidRequestError, match="stream name"):
             await memory.read_window(name, encoder_id=ENC)
     bad_clips = [
@@ -270,8 +272,9 @@ async def test_state_meta_delete(memory: VideoMemory) -> None:
     )
     meta = await memory.meta("door")
     assert meta["state"] == "connecting"
-    assert meta["source"] == "rtsp://10.0.0.5:554/live?ch=1"
-    assert "hunter2" not in str(meta)
+    # the user, the password and the token are gone; the rest of the URL stays for the operator
+    assert meta["source"] == "rtsp://***:***@10.0.0.5:554/live?token=***&ch=1"
+    assert not any(secret in str(meta) for secret in ("hunter2", "admin", "abc"))
     with pytest.raises(RangeOutsideMemoryError, match="no clips yet"):
         await memory.read_window("door", encoder_id=ENC, last=60.0)
     await memory.set_state("door", "live", fps=1.0)
@@ -290,10 +293,50 @@ async def test_state_meta_delete(memory: VideoMemory) -> None:
     assert (await memory.stats("door")).encoder_id == "new-model"
 
 
-async def test_retention_defaults() -> None:
+async def test_retention_defaults_keep_everything_like_the_config(redis_server: RedisServer) -> None:
     r = Retention()
-    assert (r.seconds, r.max_bytes) == (86_400.0, 2 * 1024**3)
-    with pytest.raises(InvalidRequestError):
-        Retention(seconds=-1.0)
-    with pytest.raises(InvalidRequestError):
-        Retention(max_bytes=-5)
+    assert (r.seconds, r.max_bytes) == (None, None) and r.script_args == (0, 0)
+    assert FlashliveConfig().memory.retention == r  # one default: a memory built without settings agrees
+    for bad in ({"seconds": -1.0}, {"seconds": 0}, {"seconds": float("inf")}, {"max_bytes": -5}):
+        with pytest.raises(ValidationError, match=r"greater than 0|finite"):
+            Retention.model_validate(bad)
+    # a memory given no retention trims nothing, however old or large its clips
+    mem = VideoMemory.from_settings(RedisSettings.from_dsn(redis_server.url, prefix=unique_prefix()))
+    try:
+        assert mem.retention == r
+        for i in (0, 10_000, 10**6):  # up to 46 days apart
+            await mem.append(make_clip("old", i))
+        stats = await mem.stats("old")
+        assert (stats.clips, stats.trimmed_clips) == (3, 0)
+    finally:
+        await mem.close()
+
+
+async def test_status_and_metrics_are_read_by_another_client(redis_server: RedisServer) -> None:
+    settings = RedisSettings.from_dsn(redis_server.url, prefix=unique_prefix())
+    writer, reader = VideoMemory.from_settings(settings), VideoMemory.from_settings(settings)
+    try:
+        with pytest.raises(UnknownStreamError):
+            await reader.status("lobby")
+        counters = IngestCounters(frames_in=300, clips=7, dropped_clips=2, lag_s=1.25, sample_fps=0.5)
+        await writer.set_state(
+            "lobby",
+            StreamState.RETRYING,
+            since=1000.5,
+            source="rtsp://u:pw@cam/1",
+            error="lost",
+            metrics=counters,
+        )
+        status = await reader.status("lobby")
+        assert (status.state, status.since, status.error) == (StreamState.RETRYING, 1000.5, "lost")
+        assert status.source == "rtsp://***:***@cam/1" and status.reported > status.since
+        assert status.metrics == counters
+        # a report without metrics (a stream that never got going) reads as zeros, not an error
+        await writer.set_state("door", "connecting")
+        assert (await reader.status("door")).metrics == IngestCounters()
+        await writer.client.hset(writer.keys("door").meta, "metrics", "{broken")
+        with pytest.raises(CorruptEntryError, match="door"):
+            await reader.status("door")
+    finally:
+        await writer.close()
+        await reader.close()

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from flashlive.model import cascade
 from flashlive.model.config import PRESETS, DropoutConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.generate import generate
 from flashlive.model.kv_cache import BatchKVCache, KVCache
 from flashlive.model.llm import Qwen2LM, random_init_
 from flashlive.model.runner import ModelRunner, PrefixCancelled
-from flashlive.model.sampling import SamplingParams
 
 TINY = PRESETS["tiny"].llm  # 4 layers, hidden 64, 4 heads, 2 kv heads
 P, N = 6, 48  # text tokens before the video, visual tokens

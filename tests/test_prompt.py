@@ -12,12 +12,6 @@ from flashlive.model.prompt import (
     check_fits,
     tokenize_with_image,
 )
-from flashlive.model.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok() -> PreTrainedTokenizerFast:
-    return load_tokenizer()
 
 
 def test_prompt_text_is_exact() -> None:

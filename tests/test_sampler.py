@@ -189,7 +189,7 @@ def test_thumbnail_is_a_small_decodable_jpeg() -> None:
     assert back[45, 20, 0] > 200 and back[45, 20, 2] < 60  # left half red
     assert back[45, 140].max() < 60  # right half black
     with pytest.raises(ValueError, match="uint8"):
-        jpeg_thumbnail(np.zeros((4, 4), np.float32))
+        jpeg_thumbnail(np.zeros((4, 4), np.float32), max_width=160)
 
 
 def test_live_burst_at_connect_never_runs_ahead_of_the_wall_clock() -> None:

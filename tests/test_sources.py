@@ -12,13 +12,14 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import media
 import pytest
-from conftest import require
-from rtsp_fixture import RtspServer, free_port, gst_missing, rtsp_server  # noqa: F401
+from helpers import free_port, require
+from rtsp_fixture import RtspServer, gst_missing
 
-from flashlive.stream.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
+from flashlive.memory.redact import RedactFilter, redact, redact_text, url_secrets, with_credentials
 from flashlive.stream.sources import AVSource, Source, open_source
 from flashlive.stream.types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 
@@ -230,11 +231,40 @@ async def test_close_interrupts_a_blocked_open(silent_server: int) -> None:
     assert await asyncio.wait_for(task, 1.0) == []
 
 
+async def test_pyav_clock_is_patched_only_while_a_decoder_runs(videos: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    import av.container.core
+
+    # importing the module changes nothing in PyAV (a fresh interpreter: nothing ran before it)
+    probe = (
+        "import time, av.container.core; import flashlive.stream.sources.av_source; "
+        "assert av.container.core.time is time, av.container.core.time"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    core: Any = av.container.core
+    assert core.time is time
+    a = open_source(str(videos[".mp4"]), realtime=True)
+    b = open_source(str(videos[".mkv"]), realtime=False)
+    frames_a, frames_b = a.frames(), b.frames()
+    await anext(frames_a)
+    await anext(frames_b)
+    assert core.time is not time  # the interrupt clock, while decoders run
+    await a.close()
+    await cast(AsyncGenerator[SourceFrame, None], frames_a).aclose()
+    assert core.time is not time  # b still decodes
+    assert len(await collect(b)) > 0
+    await b.close()
+    assert core.time is time  # the last one put the real clock back
+
+
 # ---- a real RTSP server -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-async def test_rtsp_live_frames(rtsp_server: RtspServer, transport: str) -> None:  # noqa: F811
+async def test_rtsp_live_frames(rtsp_server: RtspServer, transport: str) -> None:
     source = open_source(rtsp_server.url, rtsp_transport=transport)
     assert source.live and source.name == "cam"
     frames = await asyncio.wait_for(collect(source, limit=20), 15)
@@ -246,12 +276,13 @@ async def test_rtsp_live_frames(rtsp_server: RtspServer, transport: str) -> None
     assert frames[-1].pts - frames[0].pts == pytest.approx(19 / rtsp_server.fps, abs=0.2)
 
 
-async def test_rtsp_unknown_path_is_unavailable(rtsp_server: RtspServer) -> None:  # noqa: F811
+async def test_rtsp_unknown_path_is_unavailable(rtsp_server: RtspServer) -> None:
     with pytest.raises(SourceUnavailable, match="404"):
         await collect(open_source(rtsp_server.url + "-nope"))
 
 
-async def test_rtsp_server_stop_then_restart(rtsp_server: RtspServer) -> None:  # noqa: F811
+@pytest.mark.slow
+async def test_rtsp_server_stop_then_restart(rtsp_server: RtspServer) -> None:
     source = open_source(rtsp_server.url, read_timeout=2.0)
     got = 0
     stopped_at = 0.0
@@ -271,7 +302,8 @@ async def test_rtsp_server_stop_then_restart(rtsp_server: RtspServer) -> None:  
     await source.close()
 
 
-async def test_rtsp_hung_server_times_out_instead_of_hanging(rtsp_server: RtspServer) -> None:  # noqa: F811
+@pytest.mark.slow
+async def test_rtsp_hung_server_times_out_instead_of_hanging(rtsp_server: RtspServer) -> None:
     source = open_source(rtsp_server.url, read_timeout=1.5)
     frames = source.frames()
     await asyncio.wait_for(anext(frames), 10)
@@ -288,7 +320,8 @@ async def test_rtsp_hung_server_times_out_instead_of_hanging(rtsp_server: RtspSe
     await source.close()
 
 
-async def test_close_interrupts_a_blocked_read(rtsp_server: RtspServer) -> None:  # noqa: F811
+@pytest.mark.slow
+async def test_close_interrupts_a_blocked_read(rtsp_server: RtspServer) -> None:
     source = open_source(rtsp_server.url, read_timeout=30.0)
     assert isinstance(source, AVSource)
     frames = source.frames()
@@ -305,6 +338,7 @@ async def test_close_interrupts_a_blocked_read(rtsp_server: RtspServer) -> None:
         rtsp_server.thaw()
 
 
+@pytest.mark.slow
 async def test_rtsp_credentials_are_used_and_never_leak(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

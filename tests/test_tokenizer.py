@@ -36,11 +36,6 @@ SAMPLES = [
 
 
 @pytest.fixture(scope="module")
-def tok() -> PreTrainedTokenizerFast:
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def reference() -> tiktoken.Encoding:
     specials = {"<|endoftext|>": ENDOFTEXT_ID, "<|im_start|>": IM_START_ID, "<|im_end|>": IM_END_ID}
     ranks = read_ranks(tiktoken_file())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,7 +117,8 @@ def test_release_state_dict_keys_and_shapes() -> None:
     assert sd["encoder.blocks.0.attn.q_bias"].shape == (1024,)
     assert sd["encoder.blocks.0.mlp.fc1.weight"].shape == (4096, 1024)
     assert sd["encoder.blocks.0.mlp.fc2.weight"].shape == (1024, 4096)
-    assert tower.encoder.blocks[0].norm1.eps == 1e-6
+    first: Any = tower.encoder.blocks[0]
+    assert first.norm1.eps == 1e-6
     assert tower.encoder.vision_layernorm.eps == 1e-12
 
 
@@ -268,3 +270,58 @@ def test_preprocess_rejects_bad_input() -> None:
         preprocess_clips(np.zeros((4, 8, 8, 3), dtype=np.uint8), 224)
     with pytest.raises(ValueError, match="empty"):
         preprocess_clips(np.zeros((1, 0, 8, 8, 3), dtype=np.uint8), 224)
+
+
+def _release_pixels(frames: np.ndarray, size: int) -> np.ndarray:
+    """The release's UMTImageProcessor steps, run with transformers' own functions (which use Pillow).
+
+    frames: [F, H, W, 3] uint8 -> [F, 3, S, S] float32.
+    """
+    from transformers.image_transforms import normalize, rescale, resize
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
+    first = ChannelDimension.FIRST
+    out = []
+    for frame in frames:
+        x = resize(frame, (size, size), resample=PILImageResampling.BICUBIC, data_format=first)
+        x = rescale(x, 1 / 255, data_format=first)
+        out.append(normalize(x, IMAGENET_MEAN, IMAGENET_STD, data_format=first))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(("height", "width", "size"), [(90, 160, 224), (360, 640, 448), (50, 70, 224)])
+def test_preprocess_is_bit_identical_to_the_release_processor(height: int, width: int, size: int) -> None:
+    # Noise plus hard edges: the pixels where a float or torch resize would round differently.
+    rng = np.random.default_rng(height)
+    frames = rng.integers(0, 256, (1, 4, height, width, 3), dtype=np.uint8)
+    frames[0, 1, :, : width // 3] = 255
+    frames[0, 2, height // 2 :] = 0
+    out = preprocess_clips(frames, size)  # [1, 3, 4, S, S]
+    want = torch.from_numpy(_release_pixels(frames[0], size))  # [4, 3, S, S]
+    assert torch.equal(out[0].permute(1, 0, 2, 3), want)
+
+
+def test_torch_resize_stays_within_two_levels_of_pillow() -> None:
+    # The GPU path: torch's uint8 antialiased bicubic, compared with Pillow on the CPU.
+    from flashlive.model.preprocess import resize_frames_pil, resize_frames_torch
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (2, 300, 500, 3), dtype=np.uint8)
+    frames[:, 100:200, 100:300] = 255
+    for size in (224, 448):  # shrinking and enlarging
+        pil = torch.from_numpy(resize_frames_pil(frames, size)).permute(0, 3, 1, 2).int()
+        tch = resize_frames_torch(torch.from_numpy(frames).permute(0, 3, 1, 2), size).int()
+        diff = (pil - tch).abs()
+        assert int(diff.max()) <= 2, size
+        assert float((diff > 0).float().mean()) < 0.01, size
+
+
+@pytest.mark.cuda
+def test_preprocess_keeps_gpu_frames_on_the_gpu() -> None:
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (1, 4, 120, 160, 3), dtype=np.uint8)
+    gpu = preprocess_clips(torch.from_numpy(frames).cuda(), 224)
+    cpu = preprocess_clips(frames, 224)
+    assert gpu.device.type == "cuda"
+    # Two levels of 255 after normalisation: at most 2 / 255 / min(std).
+    assert float((gpu.cpu() - cpu).abs().max()) <= 2 / 255 / min(IMAGENET_STD) + 1e-6

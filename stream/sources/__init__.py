@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..settings import SourceOptions
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 from .av_source import AVSource, scheme_of
 from .base import Progress, Source
@@ -23,6 +24,7 @@ __all__ = [
     "SourceInvalid",
     "SourceUnavailable",
     "open_source",
+    "source_from_options",
 ]
 
 AV_SCHEMES = frozenset({"file", "rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "rtp"})
@@ -53,3 +55,25 @@ def open_source(url: str, **options: Any) -> Source:
         return AVSource(url, **options)
     except TypeError as exc:
         raise SourceInvalid(f"bad source option: {exc}") from None
+
+
+def source_from_options(url: str, name: str, options: SourceOptions) -> Source:
+    """The source of a configured stream (`streams.NAME` with a `url`): its typed options, each passed
+    by name, so the config's schema and `AVSource` cannot drift apart unnoticed (mypy checks this call)."""
+    url = url.strip()
+    if url.lower() == "whip" or scheme_of(url) == "whip":
+        raise SourceInvalid(f"stream {name!r}: a WHIP stream is configured with `whip: true`, not a URL")
+    if scheme_of(url) not in AV_SCHEMES:
+        return open_source(url)  # raises SourceInvalid naming the scheme
+    credentials = options.credentials
+    return AVSource(
+        url,
+        name=name,
+        realtime=options.realtime,
+        loop=options.loop,
+        rtsp_transport=options.transport,
+        open_timeout=options.open_timeout_s,
+        read_timeout=options.read_timeout_s,
+        user=credentials.user if credentials else None,
+        password=credentials.password.get_secret_value() if credentials and credentials.password else None,
+    )

@@ -3,7 +3,8 @@
 The thread demuxes and decodes; frames cross to the event loop through a bounded queue, so the loop
 never blocks on I/O or decoding. FFmpeg calls PyAV's interrupt callback while it waits on the network;
 that callback ends a wait once PyAV's clock passes the open/read timeout. `close()` uses the same door:
-it makes the clock of the worker thread jump ahead, so a blocked read returns within ~0.1 s.
+it makes the clock of the worker thread jump ahead, so a blocked read returns within ~0.1 s. That clock
+is put into PyAV only while a decoder thread of this module runs (`_ClockPatch`), never at import.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import av
 import av.container.core
 import av.error
 
-from ..redact import redact, redact_text, url_secrets, with_credentials
+from flashlive.memory.redact import redact, redact_text, url_secrets, with_credentials
+
+from ..settings import SourceOptions
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 from .base import Source
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp"})
 NETWORK_SCHEMES = LIVE_SCHEMES | {"http", "https"}
 MAX_BAD_PACKETS = 50  # consecutive undecodable packets before a file counts as corrupt
+_DEFAULTS = SourceOptions()  # the options a configured stream has when its config leaves them out
 
 
 class _InterruptClock:
@@ -54,20 +58,44 @@ class _InterruptClock:
         return now + 1e9 if threading.get_ident() in self.interrupted else now
 
 
-def _install_clock() -> _InterruptClock | None:
-    current = getattr(av.container.core, "time", None)
-    if isinstance(current, _InterruptClock):
-        return current
-    if current is not time:
-        # A PyAV whose internals changed: closing then waits for the read timeout instead.
-        log.debug("PyAV interrupt hook not installed; close() may wait up to the read timeout")
-        return None
-    clock = _InterruptClock(time)
-    av.container.core.time = clock  # type: ignore[attr-defined]
-    return clock
+class _ClockPatch:
+    """Puts an `_InterruptClock` into `av.container.core` while at least one decoder thread runs, and
+    the real `time` module back when the last one ends: the patch is scoped to the sources using it,
+    and the rest of the process (model/video.py's reader, other PyAV users) sees PyAV as shipped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._clock: _InterruptClock | None = None
+
+    def acquire(self) -> _InterruptClock | None:
+        """The clock to mark a thread with (None: this PyAV's internals differ; close() then waits up
+        to the read timeout). Pair with `release`."""
+        with self._lock:
+            if self._users == 0:
+                self._clock = self._install()
+            self._users += 1
+            return self._clock
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._clock is not None:
+                if getattr(av.container.core, "time", None) is self._clock:
+                    av.container.core.time = time  # type: ignore[attr-defined]
+                self._clock = None
+
+    @staticmethod
+    def _install() -> _InterruptClock | None:
+        if getattr(av.container.core, "time", None) is not time:
+            log.debug("PyAV interrupt hook not installed; close() may wait up to the read timeout")
+            return None
+        clock = _InterruptClock(time)
+        av.container.core.time = clock  # type: ignore[attr-defined]
+        return clock
 
 
-_CLOCK = _install_clock()
+_CLOCK_PATCH = _ClockPatch()
 
 
 class _Stopped(Exception):
@@ -125,12 +153,12 @@ class AVSource(Source):
         *,
         name: str | None = None,
         live: bool | None = None,
-        realtime: bool = True,
+        realtime: bool = _DEFAULTS.realtime,
         speed: float = 1.0,
-        loop: bool = False,
-        rtsp_transport: str = "tcp",
-        open_timeout: float = 10.0,
-        read_timeout: float = 5.0,
+        loop: bool = _DEFAULTS.loop,
+        rtsp_transport: str = _DEFAULTS.transport,
+        open_timeout: float = _DEFAULTS.open_timeout_s,
+        read_timeout: float = _DEFAULTS.read_timeout_s,
         user: str | None = None,
         password: str | None = None,
         user_env: str | None = None,
@@ -170,6 +198,7 @@ class AVSource(Source):
         self._closed = False
         self._queue: asyncio.Queue[object] | None = None
         self._slots: threading.Semaphore | None = None
+        self._clock: _InterruptClock | None = None
 
     # ---- the async side -------------------------------------------------------------------------
 
@@ -186,11 +215,16 @@ class AVSource(Source):
         slots = threading.Semaphore(self._queue_size)
         stop = threading.Event()
         self._queue, self._slots, self._stop = queue, slots, stop
+        clock = self._clock = _CLOCK_PATCH.acquire()  # released by the thread when it ends
         thread = threading.Thread(
-            target=self._run, args=(loop, queue, slots, stop), name=f"source-{self.name}", daemon=True
+            target=self._run, args=(loop, queue, slots, stop, clock), name=f"source-{self.name}", daemon=True
         )
         self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            _CLOCK_PATCH.release()
+            raise
         try:
             while True:
                 item = await queue.get()
@@ -227,12 +261,30 @@ class AVSource(Source):
 
     def _signal_stop(self, thread: threading.Thread | None, stop: threading.Event) -> None:
         stop.set()
-        if thread is not None and thread.ident is not None and thread.is_alive() and _CLOCK is not None:
-            _CLOCK.interrupted.add(thread.ident)
+        clock = self._clock
+        if thread is not None and thread.ident is not None and thread.is_alive() and clock is not None:
+            clock.interrupted.add(thread.ident)
 
     # ---- the worker thread ----------------------------------------------------------------------
 
     def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[object],
+        slots: threading.Semaphore,
+        stop: threading.Event,
+        clock: _InterruptClock | None,
+    ) -> None:
+        if clock is not None:
+            clock.interrupted.discard(threading.get_ident())  # a stale mark from a thread that had this id
+        try:
+            self._decode_all(loop, queue, slots, stop)
+        finally:
+            if clock is not None:
+                clock.interrupted.discard(threading.get_ident())
+            _CLOCK_PATCH.release()
+
+    def _decode_all(
         self,
         loop: asyncio.AbstractEventLoop,
         queue: asyncio.Queue[object],
@@ -244,8 +296,6 @@ class AVSource(Source):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        if _CLOCK is not None:
-            _CLOCK.interrupted.discard(threading.get_ident())  # a stale mark from a thread that had this id
         if stop.is_set():  # closed before this thread got going
             post(_END)
             return
@@ -275,9 +325,6 @@ class AVSource(Source):
                 post(exc)
         else:
             post(_END)
-        finally:
-            if _CLOCK is not None:
-                _CLOCK.interrupted.discard(threading.get_ident())
 
     def _decode(self, stop: threading.Event) -> Iterator[SourceFrame]:
         if not self._network:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -26,6 +25,8 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from flashlive.memory.keys import NAME_RULE, STREAM_NAME
 
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 from .base import Source
@@ -38,7 +39,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 OnSession = Callable[[str, "WhipSource"], Awaitable[None]]
 
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MAX_OFFER_BYTES = 64 * 1024
 RTP_CLOCK = 90_000  # video RTP timestamps tick at 90 kHz
 _END = object()
@@ -222,7 +222,7 @@ class WhipApp:
     def stream_source(self, name: str) -> WhipStreamSource:
         """The long-lived source for stream `name` (created on first use)."""
         if not STREAM_NAME.match(name):
-            raise SourceInvalid(f"invalid WHIP stream name {name!r}: use letters, digits, '_', '-', '.'")
+            raise SourceInvalid(f"invalid WHIP stream name {name!r}: {NAME_RULE}")
         source = self._streams.get(name)
         if source is None:
             source = self._streams[name] = WhipStreamSource(self, name)

@@ -1,7 +1,9 @@
-"""Remove credentials from URLs and from text that may quote them (FFmpeg errors repeat the URL).
+"""Credentials in URLs: mask them in URLs and in text that may quote them (FFmpeg errors repeat the
+URL), and put them into a URL for the process that connects.
 
 Every log line, error message, memory meta field and metric label that names a source goes through
-`redact`, so a camera password never leaves the process that needs it.
+`redact`, so a camera password never leaves the process that needs it. It lives in memory, the lowest
+layer, because the memory stores sources (`VideoMemory.set_state`) and every other layer may use it.
 """
 
 from __future__ import annotations
@@ -13,30 +15,18 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 MASK = "***"
 
-# Query parameters that commonly carry secrets (signed URLs, camera tokens).
-SECRET_PARAMS = frozenset(
-    {
-        "password",
-        "passwd",
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "access_token",
-        "auth",
-        "key",
-        "apikey",
-        "api_key",
-        "sig",
-        "signature",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-    }
-)
+# A query parameter whose name contains one of these (any case) carries a secret: password, passwd,
+# pwd, token, access_token, api_key, apikey, sig, signature, X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, auth, client_secret... A harmless one caught too (`keyframe`) loses only its value.
+SECRET_PARTS = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "credential")
 
 # scheme://user[:password]@ anywhere in free text; the user part stops at the first '@', '/' or space.
 _USERINFO_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+
+
+def is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_PARTS)
 
 
 def redact(url: str) -> str:
@@ -58,8 +48,8 @@ def redact(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
+        if any(is_secret_param(k) for k, _ in pairs):
+            query = urlencode([(k, MASK if is_secret_param(k) else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -108,7 +98,7 @@ def url_secrets(url: str) -> list[str]:
         found.append(parts.password)
     if parts.username:
         found.append(parts.username)
-    found.extend(v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in SECRET_PARAMS)
+    found.extend(v for k, v in parse_qsl(parts.query, keep_blank_values=True) if is_secret_param(k))
     # Longest first, so a password containing the user name is not half-replaced.
     return sorted({s for s in found if s}, key=len, reverse=True)
 

@@ -14,7 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flashlive.cli import CommandError
+from flashlive.commands.options import redis_settings
+from flashlive.errors import CommandError
+from flashlive.memory.settings import RedisSettings
 
 
 def parse_time(text: str) -> float:
@@ -41,7 +43,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     common.add_argument(
         "--data-dir", default=None, help="embedded server data directory (when no Redis URL is given)"
     )
-    common.add_argument("--prefix", default="fl", help=argparse.SUPPRESS)
+    common.add_argument("--prefix", default=None, help="Redis key prefix (default fl)")
 
     ls = sub.add_parser("ls", parents=[*parents, common], help="streams with clips, bytes and time span")
     ls.set_defaults(handler=_run, action=_ls)
@@ -69,12 +71,10 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flashlive.settings import redis_url_from_env
-
-    return asyncio.run(_with_memory(args, redis_url_from_env(args.redis)))
+    return asyncio.run(_with_memory(args, redis_settings(args)))
 
 
-async def _with_memory(args: argparse.Namespace, url: str | None) -> int:
+async def _with_memory(args: argparse.Namespace, settings: RedisSettings) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -84,13 +84,13 @@ async def _with_memory(args: argparse.Namespace, url: str | None) -> int:
     from flashlive.memory.server import RedisServerError
 
     try:
-        async with open_memory(url, data_dir=args.data_dir, prefix=args.prefix) as memory:
+        async with open_memory(settings) as memory:
             result: int = await args.action(memory, args)
             return result
     except (MemoryStoreError, RedisServerError) as exc:
         raise CommandError(str(exc)) from None
     except (OSError, RedisConnectionError, RedisTimeoutError) as exc:
-        raise CommandError(f"cannot reach Redis at {url or 'the embedded server'}: {exc}") from None
+        raise CommandError(f"cannot reach Redis at {settings.where()}: {exc}") from None
     except RedisError as exc:
         raise CommandError(f"Redis refused: {exc}") from None
 

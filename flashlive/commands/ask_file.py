@@ -8,7 +8,11 @@ import sys
 import time
 from typing import Any
 
-from flashlive.cli import CommandError
+from flashlive.errors import CommandError
+from flashlive.model.device import DEVICE_RULE
+from flashlive.model.settings import ModelSettings
+
+_MODEL = ModelSettings()  # the defaults of --model and --device
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -16,26 +20,56 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "ask-file",
         parents=parents,
         help="answer a question about a video file",
-        description="Decode VIDEO, sample ~1 fps into 4-frame clips, compress them and answer QUESTION.",
+        description="Decode VIDEO, sample its frames as the release's chat() does (~1 fps in whole steps, "
+        "at least --min-frames, at most --max-frames), compress them and answer QUESTION.",
     )
     p.add_argument("video", metavar="VIDEO")
     p.add_argument("question", metavar="QUESTION")
     add_model_args(p)
-    p.add_argument("--max-frames", type=int, default=None, help="frame budget (default: the model's, 512)")
+    add_sampling_args(p)
     add_dropout_args(p)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024, as the release's chat()")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
+    p.add_argument("--top-p", type=float, default=None, help="default: off (1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(handler=ask_file)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="preset name, checkpoint directory or HF repo id")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--model", default=_MODEL.name, help="preset name, checkpoint directory or HF repo id")
+    p.add_argument("--device", default=_MODEL.device, help=f"{DEVICE_RULE} (default {_MODEL.device})")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--download", action="store_true", help="fetch a repo id's weights if not cached")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from flashlive.model.sampling import CHAT_SAMPLING
+
+    p.add_argument(
+        "--max-frames", type=int, default=None, help="frame budget (default: the model's; 512 for releases)"
+    )
+    p.add_argument(
+        "--min-frames",
+        type=int,
+        default=CHAT_SAMPLING.min_frames,
+        help="frames taken even from short videos; wins over --max-frames "
+        f"(default {CHAT_SAMPLING.min_frames})",
+    )
+    p.add_argument(
+        "--frame-step",
+        type=int,
+        default=CHAT_SAMPLING.step,
+        help=f"frame counts come in whole steps: {CHAT_SAMPLING.step} in chat(), 4 in training "
+        f"(default {CHAT_SAMPLING.step})",
+    )
+
+
+def parse_sampling(args: argparse.Namespace, model_max_frames: int) -> Any:
+    from flashlive.model.sampling import FrameSampling
+
+    max_frames = args.max_frames if args.max_frames is not None else model_max_frames
+    return FrameSampling(min_frames=args.min_frames, max_frames=max_frames, step=args.frame_step)
 
 
 def add_dropout_args(p: argparse.ArgumentParser) -> None:
@@ -67,19 +101,20 @@ def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
 
 
 def ask_file(args: argparse.Namespace) -> int:
-    from flashlive.model.checkpoint import CheckpointError
-    from flashlive.model.dropout import DropoutError, check_dropout
+    from flashlive.model.dropout import check_dropout
     from flashlive.model.engine import Engine
+    from flashlive.model.errors import ModelError
+    from flashlive.model.generation_config import RequestSampling
     from flashlive.model.pipeline import load_tower_encoder
-    from flashlive.model.prompt import PromptError
-    from flashlive.model.sampling import SamplingParams
-    from flashlive.model.video import VideoError, read_video
+    from flashlive.model.video import read_video
     from flashlive.model.window import VideoWindow
 
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
         encoder = load_tower_encoder(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        sampling = parse_sampling(args, encoder.cfg.max_frames)
+        sampling.check(encoder.clip_frames)  # before the LLM loads: a bad number should fail fast
         engine = Engine.load(
             args.model, device=args.device, dtype=args.dtype, download=args.download, progress=True
         )
@@ -87,18 +122,23 @@ def ask_file(args: argparse.Namespace) -> int:
         dropout = parse_dropout(args, engine.cfg.dropout)
         if dropout is not None:
             check_dropout(dropout, engine.cfg.llm.num_hidden_layers)
-        limit = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-        params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed, **limit)
+        params = engine.sampling(
+            RequestSampling(
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                seed=args.seed,
+            )
+        )
         t0 = time.perf_counter()
-        max_frames = args.max_frames if args.max_frames is not None else engine.cfg.max_frames
-        video = read_video(args.video, clip_frames=encoder.clip_frames, max_frames=max_frames)
+        video = read_video(args.video, clip_frames=encoder.clip_frames, sampling=sampling)
         timings["decode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         n = len(video.frames) // encoder.clip_frames
         clips = video.frames.reshape(n, encoder.clip_frames, *video.frames.shape[1:])
         tokens = encoder.encode(clips)
         timings["encode"] = time.perf_counter() - t0
-        frame_times = [i / video.fps for i in video.indices] if video.fps > 0 else [0.0] * len(video.indices)
+        frame_times = [i / video.fps if video.fps > 0 else 0.0 for i in video.indices]
         window = VideoWindow.from_file(
             tokens, frame_times, duration=video.duration, name=str(args.video), encoder_id=encoder.encoder_id
         )
@@ -107,7 +147,7 @@ def ask_file(args: argparse.Namespace) -> int:
             if not args.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-    except (VideoError, CheckpointError, PromptError, DropoutError, ValueError) as exc:
+    except (ModelError, ValueError) as exc:  # ValueError: a bad --max-frames or sampling setting
         raise CommandError(str(exc)) from None
     result = stream.result
     assert result is not None
@@ -115,6 +155,8 @@ def ask_file(args: argparse.Namespace) -> int:
         report: dict[str, Any] = {
             "model": engine.cfg.name,
             "frames": len(video.frames),
+            "sampling": vars(sampling),
+            "generation": {k: v for k, v in vars(params).items() if k != "origin"},
             **result.to_dict(),
             "timings": {k: round(v, 4) for k, v in {**timings, **vars(result.timings)}.items()},
         }

@@ -1,0 +1,31 @@
+"""`flashlive demo-video`: write a generated demo video (no camera or download needed)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from flashlive.errors import CommandError
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    d = subparsers.add_parser(
+        "demo-video", parents=parents, help="write a generated demo video (no camera or download needed)"
+    )
+    d.add_argument("out", metavar="OUT", help="output file (.mp4 or .mkv)")
+    d.add_argument("--seconds", type=float, default=60.0)
+    d.add_argument("--fps", type=int, default=10)
+    d.set_defaults(handler=demo_video_command)
+
+
+def demo_video_command(args: argparse.Namespace) -> int:
+    from flashlive.stream.demo import write_demo_video
+
+    if args.seconds <= 0 or args.fps <= 0:
+        raise CommandError("--seconds and --fps must be positive")
+    try:
+        frames = write_demo_video(args.out, seconds=args.seconds, fps=args.fps)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.out}: {exc}") from None
+    print(f"{args.out}: {frames} frames, {args.seconds:g} s at {args.fps} fps")
+    return 0
