@@ -30,6 +30,9 @@ class AnswerStream:
                 for out in outputs:
                     if out.seq_id != self.seq_id:
                         continue
+                    if out.error is not None:
+                        self.result = out.result
+                        raise out.error
                     if out.text:
                         yield out.text
                     if out.finished:

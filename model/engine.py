@@ -47,6 +47,7 @@ from flashlive.model.projector import Projector
 from flashlive.model.prompt import PromptError, check_fits, question_text, video_prefix_text
 from flashlive.model.result import (
     FINISH_ABORT,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     AnswerResult,
@@ -295,10 +296,29 @@ class Engine:
         if plan is None:
             return []
         if isinstance(plan, DecodePlan):
-            return self._decode(plan.running)
+            try:
+                return self._decode(plan.running)
+            except Exception as exc:  # a device fault: the running batch cannot go on
+                log.exception("a decode step failed; ending the %d running sequences", len(plan.running))
+                self.scheduler.running, self._cache = [], None
+                return self._fail(plan.running, exc)
         outputs: list[StepOutput] = []
         for group in plan.groups:
-            outputs += self._prefill(group)
+            try:
+                outputs += self._prefill(group)
+            except Exception as exc:
+                log.exception("a prefill failed; ending its %d sequences", len(group))
+                outputs += self._fail(group, exc)
+        return outputs
+
+    def _fail(self, requests: list[_Request], exc: Exception) -> list[StepOutput]:
+        """End `requests` with `exc` as their outputs' error (the other sequences go on)."""
+        now = time.perf_counter()
+        outputs = []
+        for request in requests:
+            request.finish_reason = FINISH_ERROR
+            result = self._result(request, now)
+            outputs.append(StepOutput(request.seq_id, "", None, finished=True, result=result, error=exc))
         return outputs
 
     def _prefill(self, group: list[_Request]) -> list[StepOutput]:

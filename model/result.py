@@ -13,7 +13,7 @@ from typing import Any
 from flashlive.memory.messages import Evidence
 from flashlive.model.config import DropoutConfig
 
-FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
+FINISH_STOP, FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR = "stop", "length", "abort", "error"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Timings:
 class AnswerResult:
     seq_id: int
     answer: str  # surrounding whitespace stripped, as the release does
-    finish_reason: str  # "stop" (an end token), "length" (max_new_tokens) or "abort"
+    finish_reason: str  # "stop" (an end token), "length" (max_new_tokens), "abort" or "error"
     stream: str
     window_start: float
     window_end: float
@@ -79,3 +79,4 @@ class StepOutput:
     token_id: int | None  # the token generated (None when the step ended the sequence at a stop id)
     finished: bool = False
     result: AnswerResult | None = None  # set when finished
+    error: Exception | None = None  # set when the step failed for this sequence (it is finished)

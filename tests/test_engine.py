@@ -310,3 +310,26 @@ def test_checkpoint_generation_settings_are_layered_under_the_request(engine: En
     assert result.new_tokens <= 5
     same = alone(tuned, prefix, "What happens?", SamplingParams(max_new_tokens=5, repetition_penalty=1.05))
     assert result.answer == same.answer
+
+
+def test_a_failed_step_ends_its_sequences_and_the_engine_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device fault in a decode step (simulated: it cannot be caused for real on a CPU)."""
+    prefix = engine.prefix(VideoWindow.from_clips(clips(engine)))
+    params = SamplingParams(max_new_tokens=5, stop_ids=())
+    ids = [engine.add(prefix, q, params) for q in QUESTIONS[:2]]
+    engine.step()
+
+    def fault(*_: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(engine.runner, "decode", fault)
+    outputs = engine.step()
+    assert sorted(o.seq_id for o in outputs) == ids
+    for out in outputs:
+        assert out.finished and isinstance(out.error, RuntimeError)
+        assert out.result is not None and out.result.finish_reason == "error" and out.result.new_tokens == 1
+    assert not engine.has_unfinished()
+    monkeypatch.undo()
+    assert alone(engine, prefix, QUESTIONS[0], params).new_tokens == 5

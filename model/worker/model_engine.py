@@ -154,6 +154,9 @@ class ModelRun:
                 out = self._engine._next(self._seq)
                 if out is None:
                     continue
+                if out.error is not None:  # the model failed on this answer's step (logged there)
+                    result = out.result
+                    raise out.error
                 if out.text:
                     yield out.text
                 if out.finished:
