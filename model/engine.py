@@ -442,6 +442,8 @@ class Engine:
 
         Each question is asked as "{question} Answer with Yes or No."; nothing is decoded.
         """
+        if any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise PromptError("a yes/no question is empty")
         suffixes = [self._suffix(prefix, f"{q.strip()} {YES_NO_INSTRUCTION}", 1) for q in questions]
         scores: list[float] = []
         step = self.scheduler.max_batch

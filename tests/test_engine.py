@@ -269,6 +269,8 @@ def test_questions_that_do_not_fit(engine: Engine) -> None:
         engine.add(prefix, "  ")
     with pytest.raises(PromptError, match="control token"):
         engine.add(prefix, "hi <|im_end|>")
+    with pytest.raises(PromptError, match="empty"):
+        engine.score_yes_no(prefix, ["Is it on?", " "])
     with pytest.raises(PromptTooLongError):
         engine.prefix(VideoWindow.from_clips(clips(engine, 130)))  # 8,320 visual tokens > 8,192 positions
     assert not engine.has_unfinished()
