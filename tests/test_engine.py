@@ -110,6 +110,7 @@ def test_window_from_file_frames() -> None:
         VideoWindow.from_file(tokens, times[:7], duration=10.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dropout", [None, RECIPE], ids=["off", "recipe"])
 def test_batched_answers_equal_one_at_a_time(engine: Engine, dropout: DropoutConfig | None) -> None:
     prefix = engine.prefix(VideoWindow.from_clips(clips(engine)), dropout)

@@ -66,6 +66,7 @@ def test_an_answer_reports_what_the_worker_records(model: ModelEngine) -> None:
     assert not model.engine.has_unfinished()
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_share_decode_steps(model: ModelEngine) -> None:
     windows = [clips(model, 4, seed=1), clips(model, 6, stream="yard", seed=2)]
     generation = Generation(max_new_tokens=8)
