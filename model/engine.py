@@ -34,6 +34,7 @@ from flashlive.model.answer import AnswerStream
 from flashlive.model.config import DropoutConfig, FlashConfig
 from flashlive.model.decoding import Sampler, SamplingParams, default_stop_ids
 from flashlive.model.detokenize import IncrementalDetokenizer, StrippedText, token_bytes
+from flashlive.model.errors import PromptError, WindowError
 from flashlive.model.generation_config import (
     CheckpointGeneration,
     RequestSampling,
@@ -44,7 +45,7 @@ from flashlive.model.kv_cache import BatchKVCache
 from flashlive.model.llm import Qwen2LM
 from flashlive.model.pipeline import build_llm, build_projector, resolve
 from flashlive.model.projector import Projector
-from flashlive.model.prompt import PromptError, check_fits, question_text, video_prefix_text
+from flashlive.model.prompt import check_fits, question_text, video_prefix_text
 from flashlive.model.result import (
     FINISH_ABORT,
     FINISH_ERROR,
@@ -58,7 +59,7 @@ from flashlive.model.result import (
 from flashlive.model.runner import PREFILL_CHUNK, BatchPrefill, ModelRunner, VisualPrefix
 from flashlive.model.scheduler import DecodePlan, Scheduler
 from flashlive.model.tokenizer import load_tokenizer
-from flashlive.model.window import VideoWindow, WindowError
+from flashlive.model.window import VideoWindow
 
 log = logging.getLogger(__name__)
 

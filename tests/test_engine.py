@@ -13,9 +13,10 @@ from flashlive.memory.types import Clip
 from flashlive.model.config import DropoutConfig
 from flashlive.model.decoding import SamplingParams
 from flashlive.model.engine import Engine, PrefixHandle
-from flashlive.model.prompt import PromptError, PromptTooLongError, question_text, video_prefix_text
+from flashlive.model.errors import PromptError, PromptTooLongError, WindowError
+from flashlive.model.prompt import question_text, video_prefix_text
 from flashlive.model.result import AnswerResult, StepOutput
-from flashlive.model.window import VideoWindow, WindowError
+from flashlive.model.window import VideoWindow
 
 RECIPE = DropoutConfig("uniform0_attention", (1, 3), (1.0, 0.75, 0.25))  # the model card's, on 4 layers
 QUESTIONS = ["What happens?", "Is the red square still moving to the left side of the frame?", "Who?"]
