@@ -4,8 +4,10 @@ stopping within a step, request errors; and one ask and one watch through a work
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -176,3 +178,16 @@ async def test_a_worker_answers_and_watches_with_the_real_model(
         await asyncio.wait_for(task, 20)
         await memory.close()
         await queue.close()
+
+
+def test_jobs_on_the_same_window_share_its_prefix_while_they_hold_it(model: ModelEngine) -> None:
+    window = clips(model, 3, seed=4)
+    a = model.prefix(window, None)
+    b = model.prefix(list(window), None)
+    assert b.handle is a.handle  # computed once
+    assert model.prefix(window, RECIPE_ON_TINY).handle is not a.handle  # other dropout, other prefix
+    assert model.prefix(window[:2], None).handle is not a.handle
+    alive = weakref.ref(a.handle)
+    del a, b
+    gc.collect()
+    assert alive() is None  # nobody holds it: freed, not cached forever

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class ModelEngine:
         self.max_running = 0  # the largest batch a decode step ran (how much jobs shared steps)
         self._lock = threading.Lock()
         self._outputs: dict[int, deque[StepOutput]] = {}
+        self._prefixes: weakref.WeakValueDictionary[tuple[object, ...], PrefixHandle] = (
+            weakref.WeakValueDictionary()
+        )
 
     @classmethod
     def load(
@@ -65,6 +69,8 @@ class ModelEngine:
         return cls(Engine.load(model, device=device, dtype=dtype, download=download, progress=True))
 
     def prefix(self, clips: Sequence[Clip], dropout: DropoutSettings | None) -> ModelPrefix:
+        """The window's prefix; jobs asking about the same clips with the same dropout at the same
+        time share one (kept only while some job holds it), so their questions prefill together."""
         started = time.perf_counter()
         try:
             window = VideoWindow.from_clips(clips)
@@ -73,8 +79,12 @@ class ModelEngine:
                 if dropout is None
                 else DropoutConfig(dropout.mode, tuple(dropout.layers), tuple(dropout.ratios))
             )
+            key = (window.stream, window.encoder_id, window.clip_ids, config)
             with self._lock:
-                handle = self.engine.prefix(window, config)
+                handle = self._prefixes.get(key)
+                if handle is None:
+                    handle = self.engine.prefix(window, config)
+                    self._prefixes[key] = handle
         except (ModelError, ValueError) as exc:
             raise _request_error(exc) from exc
         return ModelPrefix(handle, started)
