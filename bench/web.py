@@ -5,9 +5,10 @@ WebSocket fan-out of live events.
 
 Prints one JSON object. It starts `flashlive serve --config` (embedded Redis, the demo video looped
 in real time, ingest with the tiny encoder, one worker process, the web app) in a temporary directory.
-The worker is `flashlive worker` when that command exists; until then the worker loop with the fake
-engine (tests/worker_proc.py: fixed decode steps, reading the tiny model's tokens), which keeps the
-model's time out of what is measured here: the web path (submit, Redis, SSE) and the fan-out.
+The worker (`--worker`): `model` runs the worker loop on the tiny model (`ModelEngine`; through
+`flashlive worker` once that command exists, else a small script doing the same); `fake` runs it on
+the fake engine (tests/worker_proc.py: fixed decode steps, reading the tiny model's tokens), which
+keeps the model's time out of what is measured: the web path (submit, Redis, SSE) and the queue.
 
 - asks: `viewers` concurrent viewers, `rounds` questions each, over SSE (POST /api/ask): time to the
   first piece (p50/p95, from the request), time to the final record, errors (must be 0);
@@ -56,6 +57,22 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+MODEL_WORKER = """
+import asyncio, signal, sys
+from flashlive.model.worker.model_engine import ModelEngine
+from flashlive.model.worker.service import Worker, WorkerSettings
+
+async def main() -> None:
+    settings = WorkerSettings(concurrency=int(sys.argv[3]))
+    worker = Worker.connect(ModelEngine.load("tiny"), sys.argv[1], prefix=sys.argv[2], settings=settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+asyncio.run(main())
+"""
 
 
 def real_worker_exists() -> bool:
@@ -217,13 +234,17 @@ async def measure_cpu(pid: int, seconds: float) -> float:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from helpers import free_port  # tests/helpers.py
 
-    real = real_worker_exists()
+    real = args.worker == "model" and real_worker_exists()
     with tempfile.TemporaryDirectory(prefix="flashlive-bench-web-") as tmp_name:
         tmp = Path(tmp_name)
         port = free_port()
         config = write_config(tmp, port, args.concurrency)
         command = [sys.executable, "-m", "flashlive", "serve", "--config", str(config)]
-        if not real:
+        if args.worker == "model" and not real:
+            script = tmp / "model_worker.py"
+            script.write_text(MODEL_WORKER)
+            command += ["--worker-command", f"{{python}} {script} {{redis}} {{prefix}} {{concurrency}}"]
+        elif args.worker == "fake":
             from flashlive.model.config import get_preset
 
             enc = get_preset("tiny").encoder_id
@@ -250,9 +271,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             proc.wait(60)
     return {
         "benchmark": "web",
-        "worker": "flashlive worker (tiny)"
-        if real
-        else f"fake engine: {args.step_s * 1000:.0f} ms/step, {args.length} words, {args.concurrency} jobs",
+        "worker": (
+            f"tiny model (ModelEngine), {args.concurrency} jobs at once"
+            if args.worker == "model"
+            else f"fake engine: {args.step_s * 1000:.0f} ms/step, {args.length} words, "
+            f"{args.concurrency} jobs at once"
+        ),
         "serve_ready_s": round(ready_s, 1),
         "asks": asks,
         "serve_cpu_cores": {
@@ -273,6 +297,9 @@ if __name__ == "__main__":
     p.add_argument("--subscribers", type=int, default=100)
     p.add_argument("--events", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=4, help="jobs at once in the worker")
+    p.add_argument(
+        "--worker", choices=("model", "fake"), default="model", help="tiny model, or the fake engine"
+    )
     p.add_argument("--step-s", type=float, default=0.02, help="fake engine: seconds per decode step")
     p.add_argument("--length", type=int, default=16, help="fake engine: words per answer")
     p.add_argument("--idle-s", type=float, default=5.0)
