@@ -37,6 +37,9 @@ from flashlive.web.settings import WebSettings
 
 TESTS = Path(__file__).parent
 MODEL = "tiny"
+# the same video ingested as three stopped streams: a watch's first evaluation is the newest clip of
+# a stream whose watches were never evaluated, so each watch test gets a stream of its own
+FILE_STREAMS = ("lobby", "yard", "porch")
 SAMPLE_FPS = 2.0  # a clip every 2 s of camera (4 frames): the camera test waits seconds, not minutes
 
 
@@ -105,7 +108,7 @@ class PageStack:
             if not self.ready.wait(120) or self.error is not None:
                 raise RuntimeError(f"the page stack did not start: {self.error!r}")
             wait_ready(self.worker)
-            self.wait_until(self._lobby_ingested, 120, "the lobby video was not ingested")
+            self.wait_until(self._files_ingested, 120, "the video streams were not ingested")
             self.wait_until(self._worker_alive, 30, "the worker sent no heartbeat")
         except BaseException:
             self.__exit__()
@@ -129,9 +132,13 @@ class PageStack:
             time.sleep(0.2)
         raise AssertionError(message)
 
-    def _lobby_ingested(self) -> bool:
-        row = httpx.get(f"{self.url}/api/streams/lobby", headers=self.auth(), timeout=5)
-        return row.status_code == 200 and row.json()["state"] == "stopped" and row.json()["clips"] >= 6
+    def _files_ingested(self) -> bool:
+        rows = {
+            r["name"]: r for r in httpx.get(f"{self.url}/api/streams", headers=self.auth()).json()["streams"]
+        }
+        return all(
+            n in rows and rows[n]["state"] == "stopped" and rows[n]["clips"] >= 6 for n in FILE_STREAMS
+        )
 
     def _worker_alive(self) -> bool:
         return bool(httpx.get(f"{self.url}/api/info", headers=self.auth(), timeout=5).json()["workers"])
@@ -154,7 +161,8 @@ class PageStack:
         redis = RedisSettings.from_dsn(self.redis_url, prefix=self.prefix)
         try:
             async with Ingest(encoder, memory, settings) as ingest:
-                ingest.start_stream(StreamSpec("lobby", str(self.video), settings=settings))
+                for name in FILE_STREAMS:
+                    ingest.start_stream(StreamSpec(name, str(self.video), settings=settings))
                 secured = WebSettings.model_validate({"token": self.token})
                 apps = [
                     (create_app(secured, redis, whip=ingest.whip_app(token=self.token)), self.port),

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import require, unique_prefix
-from page_stack import PageStack
+from page_stack import FILE_STREAMS, PageStack
 
 from flashlive.memory.server import RedisServer
 
@@ -47,7 +47,7 @@ CHROMIUM_ARGS = [
 TOKEN = "page-test-token"
 TOKEN_KEY = "flashlive.token"
 WAIT_MS = 30_000
-LOBBY_CLIPS = 12  # 24 s of the demo video sampled at 2 fps, 4 frames a clip
+FILE_CLIPS = 12  # 24 s of the demo video sampled at 2 fps, 4 frames a clip
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,8 @@ def open_page(pg: Any, url: str, stream: str | None = "lobby") -> None:
     if stream is not None:
         pg.click(f'#stream-list li[data-stream="{stream}"] button')
         pg.wait_for_function(f"document.querySelector('#stream-title').textContent === {json.dumps(stream)}")
-        if stream == "lobby":
-            pg.wait_for_function(f"document.querySelectorAll('#timeline li.clip').length === {LOBBY_CLIPS}")
+        if stream in FILE_STREAMS:
+            pg.wait_for_function(f"document.querySelectorAll('#timeline li.clip').length === {FILE_CLIPS}")
 
 
 def shot(pg: Any, name: str, *, full_page: bool = True) -> Path:
@@ -297,28 +297,28 @@ def test_a_watch_alert_arrives_over_the_websocket(page: tuple[Any, Console], sta
     pg, _ = page
     frames: list[dict[str, Any]] = []
     pg.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(json.loads(f))))
-    open_page(pg, stack.url)
+    open_page(pg, stack.url, "yard")
     pg.wait_for_function("document.querySelector('[data-stat=connection]').textContent === 'live'")
-    before = {w["id"] for w in api(stack, "GET", "/api/watches?stream=lobby")["watches"]}
+    before = {w["id"] for w in api(stack, "GET", "/api/watches?stream=yard")["watches"]}
     condition = f"a ball is on screen {uuid.uuid4().hex[:4]}"
     pg.fill("#watch-condition", condition)
     pg.fill("#watch-threshold", "0")  # any score reaches it: the first evaluation fires
     pg.click("#watch-button")
     pg.wait_for_selector(f'#watch-list li.watch:has-text("{condition}")')
-    (watch,) = [w for w in api(stack, "GET", "/api/watches?stream=lobby")["watches"] if w["id"] not in before]
+    (watch,) = [w for w in api(stack, "GET", "/api/watches?stream=yard")["watches"] if w["id"] not in before]
     alert = pg.locator(f'#alerts li.alert[data-watch="{watch["id"]}"]')
     alert.wait_for()
     assert alert.get_attribute("data-origin") == "live" and alert.get_attribute("data-kind") == "start"
     pushed = [f for f in frames if f["topic"] == "event" and f["payload"]["event"]["watch"] == watch["id"]]
     assert pushed and pushed[0]["payload"]["event"]["kind"] == "start"
-    history = api(stack, "GET", "/api/events?stream=lobby")["events"]
+    history = api(stack, "GET", "/api/events?stream=yard")["events"]
     assert pushed[0]["payload"]["id"] in [e["id"] for e in history]  # the same event, from its stream
     pg.wait_for_function("document.querySelector('#alerts li.alert img').naturalWidth > 0")
     shot(pg, "page-watch-alert")
     # removing the watch ends its occurrence: the `end` event arrives over the socket too
     pg.click(f'#watch-list li.watch[data-watch="{watch["id"]}"] button')
     pg.wait_for_selector(f'#alerts li.alert[data-watch="{watch["id"]}"][data-kind="end"]')
-    assert watch["id"] not in {w["id"] for w in api(stack, "GET", "/api/watches?stream=lobby")["watches"]}
+    assert watch["id"] not in {w["id"] for w in api(stack, "GET", "/api/watches?stream=yard")["watches"]}
     assert pg.locator(f'#alerts li.alert[data-watch="{watch["id"]}"]').count() == 1  # one card per occurrence
 
 
@@ -412,3 +412,121 @@ def test_an_evidence_chip_moves_the_timeline_and_replays_its_clip(
     pg.wait_for_function("document.querySelector('#replay-video').readyState >= 2")
     assert "1 clip" in pg.inner_text("#player-caption")
     shot(pg, "page-evidence")
+
+
+def test_alerts_missed_while_the_socket_was_down_arrive_after_it_reconnects(
+    page: tuple[Any, Console], stack: PageStack
+) -> None:
+    """The page's WebSocket is cut (Playwright routes /ws through the test) while a watch fires; when
+    it reconnects it subscribes from the last event id it saw, and gets that alert, once."""
+    pg, _ = page
+    down = {"now": False}
+    sent: list[dict[str, Any]] = []  # page -> server, after each (re)connect
+    received: list[dict[str, Any]] = []
+    links: list[tuple[Any, Any]] = []
+
+    def route(ws: Any) -> None:
+        if down["now"]:
+            ws.close(code=1012, reason="test outage")
+            return
+        server = ws.connect_to_server()
+        links.append((ws, server))
+        mark = {"topic": "connected", "payload": len(links)}
+        sent.append(mark)
+        received.append(mark)
+
+        def to_server(message: str) -> None:
+            sent.append(json.loads(message))
+            server.send(message)
+
+        def to_page(message: str) -> None:
+            received.append(json.loads(message))
+            ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
+
+    pg.route_web_socket(re.compile(r"/ws$"), route)
+    open_page(pg, stack.url, "porch")
+    pg.wait_for_function("document.querySelector('[data-stat=connection]').textContent === 'live'")
+    pg.wait_for_selector('#alerts[data-loaded="porch"]', state="attached")  # its alert history is in
+    history = api(stack, "GET", "/api/events?stream=porch&limit=1000")["events"]
+    seen = history[-1]["id"] if history else "0-0"
+
+    # the outage: the connection is cut and every reconnect refused until the watch has fired
+    down["now"] = True
+    page_ws, server_ws = links[-1]
+    server_ws.close(code=1001, reason="test outage")
+    page_ws.close(code=1012, reason="test outage")
+    pg.wait_for_function("document.querySelector('[data-stat=connection]').textContent !== 'live'")
+    watch = api(
+        stack, "POST", "/api/watches", json={"stream": "porch", "condition": "a ball", "threshold": 0}
+    )
+    deadline = time.monotonic() + 30
+    while not [e for e in api(stack, "GET", f"/api/events?stream=porch&after={seen}")["events"]
+               if e["event"]["watch"] == watch["id"]]:  # fmt: skip
+        assert time.monotonic() < deadline, "the watch did not fire"
+        time.sleep(0.2)
+    assert pg.locator(f'#alerts li.alert[data-watch="{watch["id"]}"]').count() == 0
+    down["now"] = False
+
+    alert = pg.locator(f'#alerts li.alert[data-watch="{watch["id"]}"]')
+    alert.wait_for()
+    pg.wait_for_function("document.querySelector('[data-stat=connection]').textContent === 'live'")
+    last_connect = max(i for i, m in enumerate(sent) if m["topic"] == "connected")
+    resumed = [
+        m["payload"] for m in sent[last_connect:]
+        if m["topic"] == "subscribe" and m["payload"]["channel"] == "events"
+    ]  # fmt: skip
+    assert resumed and resumed[0]["after"]["porch"] == seen  # it asked for what followed its last id
+    last_connect = max(i for i, m in enumerate(received) if m["topic"] == "connected")
+    replayed = [m["payload"] for m in received[last_connect:] if m["topic"] == "event"]
+    assert replayed and all(compare_ids(e["id"], seen) > 0 for e in replayed)  # nothing shown twice
+    assert watch["id"] in {e["event"]["watch"] for e in replayed}
+    assert alert.count() == 1 and alert.get_attribute("data-kind") == "start"
+    api(stack, "DELETE", f"/api/watches/{watch['id']}")
+
+
+def compare_ids(a: str, b: str) -> int:
+    ka = tuple(int(x) for x in a.split("-"))
+    kb = tuple(int(x) for x in b.split("-"))
+    return (ka > kb) - (ka < kb)
+
+
+def test_errors_from_the_api_are_shown_to_the_user(page: tuple[Any, Console], stack: PageStack) -> None:
+    """Refused requests are explained with the server's own message, next to what caused them."""
+    pg, console = page
+    console.allow.append(re.compile(r"status of 4\d\d"))  # the refused requests themselves
+    pg.on("dialog", lambda d: d.accept())  # "Remove stream ...?"
+    open_page(pg, stack.url)
+    # a watch condition longer than the API takes
+    condition = "x" * 2500
+    expected = httpx.post(
+        stack.url + "/api/watches", headers=stack.auth(), json={"stream": "lobby", "condition": condition}
+    ).json()["error"]["message"]
+    pg.fill("#watch-condition", condition)
+    pg.click("#watch-button")
+    pg.wait_for_function("m => document.querySelector('#watch-error').textContent === m", arg=expected)
+    assert "condition" in expected
+    # a stream URL the API refuses
+    pg.click(".add-stream summary")
+    pg.fill("#add-stream-name", "ftpcam")
+    pg.fill("#add-stream-url", "ftp://camera.example/1")
+    pg.click("#add-stream-form button[type=submit]")
+    pg.wait_for_function("document.querySelector('#add-stream-error').textContent.includes('rtsp://')")
+    # a stream that is registered but has no memory yet: asking about it says so
+    name = f"door-{uuid.uuid4().hex[:4]}"
+    pg.fill("#add-stream-name", name)
+    pg.fill("#add-stream-url", "rtsp://127.0.0.1:9/nothing-here")
+    pg.click("#add-stream-form button[type=submit]")
+    pg.wait_for_function(f"document.querySelector('#stream-title').textContent === {json.dumps(name)}")
+    pg.wait_for_selector(f'#stream-list li[data-stream="{name}"] .badge[data-state="pending"]')
+    card = ask(pg, "Is anyone there?")
+    assert card.get_attribute("data-state") == "error"
+    assert card.get_attribute("data-code") == "unknown_stream"
+    assert name in card.locator(".answer-error").inner_text()
+    shot(pg, "page-errors")
+    # removing it (after the confirmation) takes it off the list and out of the registry
+    pg.click("#stream-remove")
+    pg.wait_for_selector(f'#stream-list li[data-stream="{name}"]', state="detached")
+    assert name not in {s["name"] for s in api(stack, "GET", "/api/streams")["streams"]}

@@ -209,6 +209,7 @@ async function loadHistory(stream) {
   const mine = [...occurrences.values()].filter((o) => o.stream === stream)
     .sort((a, b) => compareIds(b.lastEntry, a.lastEntry)).slice(0, SHOWN);
   $("#alerts").replaceChildren(...mine.map((o) => o.card));
+  $("#alerts").dataset.loaded = stream; // the history is in (tests wait for it)
   $("#alerts-empty").hidden = mine.length > 0;
   // resume after the last one read ("0-0" when none: whatever comes during a disconnect is caught up)
   state.socket.seen(stream, events.length ? events.at(-1).id : "0-0");
