@@ -366,6 +366,38 @@ def test_selecting_a_past_range_replays_it_and_asks_about_it(
     assert float(card.get_attribute("data-used-end")) == clips[last]["end"]
 
 
+def test_a_range_is_chosen_by_touch_at_a_phones_width(browser: Any, stack: PageStack) -> None:
+    """No Shift key and no drag on a phone (a finger scrolls the strip): tap a clip, turn on "Select
+    a range", tap another."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2
+    )
+    context.add_init_script(f"sessionStorage.setItem({json.dumps(TOKEN_KEY)}, {json.dumps(TOKEN)})")
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        console = Console(pg)
+        open_page(pg, stack.url)
+        clips = segments(stack, "lobby")
+        items = pg.locator("#timeline li.clip")
+        with pg.expect_response(lambda r: "/replay?" in r.url) as one:
+            items.nth(8).tap()
+        assert float(dict(httpx.URL(one.value.url).params)["start"]) == clips[8]["start"]
+        pg.tap("#timeline-extend")
+        assert pg.get_attribute("#timeline-extend", "aria-pressed") == "true"
+        with pg.expect_response(lambda r: "/replay?" in r.url) as three:
+            items.nth(10).tap()
+        asked = dict(httpx.URL(three.value.url).params)
+        assert float(asked["start"]) == clips[8]["start"] and float(asked["end"]) == clips[11]["start"]
+        assert pg.inner_text("#timeline-selection").endswith("3 clips")
+        pg.wait_for_function("document.querySelector('#replay-video').readyState >= 2")
+        assert pg.evaluate("document.scrollingElement.scrollWidth") <= 390
+        pg.locator(".main-panel").screenshot(path=str(SCREENSHOTS / "page-phone-range.png"))
+        assert console.unexpected() == []
+    finally:
+        context.close()
+
+
 def test_an_evidence_chip_moves_the_timeline_and_replays_its_clip(
     page: tuple[Any, Console], stack: PageStack
 ) -> None:

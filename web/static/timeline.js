@@ -38,6 +38,8 @@ export class Timeline {
     this.focus = null;
     this.active = null; // the clip the keyboard is on
     this.dragging = false;
+    this.extend = false;
+    this.tap = null; // a touch that may become a tap (or a scroll)
     this.follow = true; // keep the newest clip in view
     this.abort = null;
     this.refreshing = null;
@@ -52,10 +54,14 @@ export class Timeline {
       const i = this.indexOf(e.target);
       if (i !== null && i !== this.focus) this.setSelection(this.anchor, i);
     });
-    document.addEventListener("pointerup", () => {
+    document.addEventListener("pointerup", (e) => {
+      if (this.tap) this.tapped(e);
       if (!this.dragging) return;
       this.dragging = false;
       this.commit();
+    });
+    document.addEventListener("pointercancel", () => {
+      this.tap = null; // the finger scrolled the strip
     });
     list.addEventListener("keydown", (e) => this.key(e));
     list.addEventListener("focus", () => {
@@ -71,6 +77,14 @@ export class Timeline {
       if (range) emit("ask-about-range", range);
     });
     $("#timeline-clear").addEventListener("click", () => this.clear());
+    this.extendButton = $("#timeline-extend");
+    this.extendButton.addEventListener("click", () => this.setExtend(!this.extend));
+  }
+
+  /** "Select a range": a click or tap extends the selection (what Shift+click does; phones have no Shift). */
+  setExtend(on) {
+    this.extend = on;
+    this.extendButton.setAttribute("aria-pressed", String(on));
   }
 
   indexOf(node) {
@@ -312,12 +326,29 @@ export class Timeline {
     if (e.button !== 0) return;
     const i = this.indexOf(e.target);
     if (i === null) return;
+    if (e.pointerType === "touch") {
+      this.tap = { i, x: e.clientX, y: e.clientY }; // a finger scrolls the strip; only a tap selects
+      return;
+    }
     e.preventDefault();
     this.setActive(i); // before focus(): the focus handler would otherwise put it on the newest clip
     this.list.focus({ preventScroll: true });
-    if (e.shiftKey && this.anchor !== null) this.setSelection(this.anchor, i);
-    else this.setSelection(i, i);
+    this.pick(i, e.shiftKey);
     this.dragging = true;
+  }
+
+  tapped(e) {
+    const { i, x, y } = this.tap;
+    this.tap = null;
+    if (Math.hypot(e.clientX - x, e.clientY - y) > 12) return;
+    this.setActive(i);
+    this.pick(i, false);
+    this.commit();
+  }
+
+  pick(i, shift) {
+    if ((shift || this.extend) && this.anchor !== null) this.setSelection(this.anchor, i);
+    else this.setSelection(i, i);
   }
 
   key(e) {

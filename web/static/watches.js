@@ -219,6 +219,7 @@ async function loadHistory(stream) {
 export function installWatches() {
   $("#watch-form").addEventListener("submit", addWatch);
   on("stream-selected", (name) => {
+    $("#watch-error").textContent = ""; // it was about the stream shown before
     loadWatches();
     loadHistory(name);
     scheduleRefresh();
