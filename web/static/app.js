@@ -36,7 +36,10 @@ function wire() {
     const name = state.selected;
     const was = name && before.get(name);
     const now = name && after.get(name);
-    if (now && (!was || was.clips !== now.clips || was.last_end !== now.last_end)) state.timeline.refresh();
+    if (now && (!was || was.clips !== now.clips || was.last_end !== now.last_end)) {
+      state.timeline.forget(now.first_start);
+      state.timeline.refresh();
+    }
   });
   on("socket-error", (payload) => toast(`Live updates: ${payload.message}`));
   on("unauthorized", async () => {

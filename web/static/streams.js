@@ -69,6 +69,11 @@ export function setStreams(rows) {
   renderList();
   renderHead();
   emit("streams-changed", { before, after: state.streams });
+  if (state.selected && before.has(state.selected) && !state.streams.has(state.selected)) {
+    // deleted elsewhere (a camera being published is not listed yet: it was never in `before`)
+    toast(`Stream ${state.selected} was removed.`, "info");
+    state.selected = null;
+  }
   if (!state.selected && rows.length) {
     const remembered = rememberedStream();
     selectStream(state.streams.has(remembered) ? remembered : rows[0].name);

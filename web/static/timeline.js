@@ -228,11 +228,21 @@ export class Timeline {
     this.render();
   }
 
+  /** Drop clips the memory no longer holds (retention trimmed them: they start before `first`). */
+  forget(first) {
+    if (first === null || first === undefined || !this.clips.length || this.clips[0].start >= first) return;
+    const gone = this.clips.findIndex((c) => c.start >= first);
+    this.trimFirst(gone < 0 ? this.clips.length : gone);
+  }
+
   trim() {
     const extra = this.clips.length - MAX_CLIPS;
-    if (extra <= 0) return;
+    if (extra > 0) this.trimFirst(extra);
+  }
+
+  trimFirst(extra) {
     this.clips.splice(0, extra);
-    const move = (i) => (i === null ? null : Math.max(0, i - extra));
+    const move = (i) => (i === null || i < extra ? null : i - extra);
     this.anchor = move(this.anchor);
     this.focus = move(this.focus);
     this.active = move(this.active);
