@@ -118,7 +118,7 @@ class PageStack:
     def __exit__(self, *exc: object) -> None:
         if self.loop is not None and self.stop_event is not None and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.stop_event.set)
-            self.thread.join(30)
+            self.thread.join(60)
         if self.worker is not None:
             stop_process(self.worker)
 
@@ -152,6 +152,13 @@ class PageStack:
             self.error = exc
             self.ready.set()
 
+    @staticmethod
+    def _config(app: Any, port: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
+            timeout_graceful_shutdown=5,  # a connection left open must not hold the teardown
+        )  # fmt: skip
+
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
@@ -168,11 +175,7 @@ class PageStack:
                     (create_app(secured, redis, whip=ingest.whip_app(token=self.token)), self.port),
                     (create_app(WebSettings(), redis, whip=ingest.whip_app()), self.open_port),
                 ]
-                servers = [
-                    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                  access_log=False, lifespan="on"))
-                    for app, port in apps
-                ]  # fmt: skip
+                servers = [uvicorn.Server(self._config(app, port)) for app, port in apps]
                 tasks = [asyncio.create_task(s.serve()) for s in servers]
                 while not all(s.started for s in servers):
                     if any(t.done() for t in tasks):

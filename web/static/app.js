@@ -26,7 +26,9 @@ function wire() {
 
   on("stream-selected", (name) => {
     state.player.reset();
-    state.timeline.ready = state.timeline.show(name, state.streams.has(name));
+    // a stream without clips yet (a camera just published, a registered stream not started) has no
+    // segments to ask for: its first clips come through refresh() when a status says they exist
+    state.timeline.ready = state.timeline.show(name, (state.streams.get(name)?.clips ?? 0) > 0);
   });
   on("timeline-latest", ({ stream, clip }) => {
     if (stream === state.selected) state.player.showLatest(stream, clip);
@@ -36,7 +38,7 @@ function wire() {
     const name = state.selected;
     const was = name && before.get(name);
     const now = name && after.get(name);
-    if (now && (!was || was.clips !== now.clips || was.last_end !== now.last_end)) {
+    if (now?.clips && (!was || was.clips !== now.clips || was.last_end !== now.last_end)) {
       state.timeline.forget(now.first_start);
       state.timeline.refresh();
     }

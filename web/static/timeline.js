@@ -95,9 +95,8 @@ export class Timeline {
 
   // -- loading -------------------------------------------------------------------------------------
 
-  /** Show `stream`; `known`: it has a row already (a camera just published has none until ingest
-   * reports it, and its first clips then come through refresh()). */
-  async show(stream, known = true) {
+  /** Show `stream`; `hasClips` false: nothing to load yet (its first clips come through refresh()). */
+  async show(stream, hasClips = true) {
     this.abort?.abort();
     this.abort = new AbortController();
     this.stream = stream;
@@ -107,7 +106,7 @@ export class Timeline {
     this.follow = true;
     this.render();
     this.updateSelection();
-    if (!stream || !known) return;
+    if (!stream || !hasClips) return;
     this.list.setAttribute("aria-busy", "true");
     try {
       const clips = await fetchAll(stream, { last: WINDOW_S }, this.abort.signal);

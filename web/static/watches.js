@@ -11,7 +11,8 @@ const HISTORY_PAGES = 10; // at most this many pages of history are read per str
 const SHOWN = 100; // occurrence cards kept
 const REFRESH_MS = 5000; // the watch list (scores, evaluations) while the page is visible
 
-const occurrences = new Map(); // occurrence id -> {card, event, stream, lastEntry}
+const occurrences = new Map(); // occurrence id -> {card, event, stream, lastEntry, origin}
+const KEPT = 2000; // occurrences remembered (cards of streams not shown are rebuilt from these)
 let watches = [];
 let refreshTimer = null;
 
@@ -164,6 +165,14 @@ function addEvent(stream, entryId, event, origin) {
   if (!entry) {
     entry = { card: alertCard(stream, event), stream, event, lastEntry: entryId, origin };
     occurrences.set(event.id, entry);
+    if (occurrences.size > KEPT) {
+      for (const [id, old] of occurrences) {
+        if (!old.card.isConnected) {
+          occurrences.delete(id);
+          break;
+        }
+      }
+    }
   } else if (compareIds(entry.lastEntry, entryId) >= 0) {
     return; // seen already (history and live overlap)
   }
