@@ -212,6 +212,7 @@ export class Timeline {
       this.list.append(...added.map((c, k) => this.item(c, start + k)));
     }
     this.trim();
+    $("#timeline-earlier").disabled = false;
     if (this.follow) this.scrollToEnd();
     if (this.anchor === null) this.updateSelection();
     this.announceLatest();

@@ -15,6 +15,7 @@ const occurrences = new Map(); // occurrence id -> {card, event, stream, lastEnt
 const KEPT = 2000; // occurrences remembered (cards of streams not shown are rebuilt from these)
 let watches = [];
 let refreshTimer = null;
+let reloadTimer = null;
 
 // -- the watch list ------------------------------------------------------------------------------
 
@@ -235,12 +236,9 @@ export function installWatches() {
   });
   on("live-event", ({ id, stream, event }) => {
     addEvent(stream, id, event, "live");
-    if (stream === state.selected) {
-      const w = watches.find((x) => x.id === event.watch);
-      if (w) {
-        w.state = { ...w.state, active: event.kind !== "end", score: event.score };
-        renderWatches();
-      }
+    if (stream === state.selected && watches.some((x) => x.id === event.watch)) {
+      clearTimeout(reloadTimer); // its score and checks changed: read them (once for a burst)
+      reloadTimer = setTimeout(loadWatches, 300);
     }
   });
 }
