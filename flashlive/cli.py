@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from flashlive import __version__
 from flashlive.errors import CommandError
@@ -27,6 +28,15 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`flashlive ingest: error: argument --fps: ...`) and exit
+    status 2: the usage block it prints by default buries the one thing that is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -36,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Redis server URL (default: ${REDIS_URL_ENV}, else an embedded server)",
     )
     common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
-    parser = argparse.ArgumentParser(
-        prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = Parser(prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -228,7 +228,7 @@ class StreamRunner:
         except MemoryStoreError as exc:
             self.refused = True
             self.error = str(exc)
-            log.error("%s: %s", spec.name, exc)
+            log.info("%s: %s", spec.name, exc)
             self.metrics.set_state(StreamState.ERROR, self.error)
             self._changed.set()
             return

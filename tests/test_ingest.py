@@ -174,9 +174,9 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
             states.add(healthy.state)
             counts.append(len(await infos(memory, "healthy")))
         for name in ("corrupt", "garbage", "codec"):
-            assert bad[name].state == "stopped", name
+            assert bad[name].state == "error", name
             meta = await memory.meta(name)
-            assert meta["state"] == "stopped" and meta["error"] == bad[name].error
+            assert meta["state"] == "error" and meta["error"] == bad[name].error
         assert "not a playable video" in str(bad["corrupt"].error) and "corrupt.mp4" in str(
             bad["corrupt"].error
         )
