@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"Redis server URL (default: ${REDIS_URL_ENV}, else an embedded server)",
     )
-    common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    common.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     parser = Parser(prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

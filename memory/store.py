@@ -448,7 +448,7 @@ class VideoMemory:
                         self._acked(enc)
                         return status
             if not warned:
-                log.warning("%s; waiting up to %.0f s", last, wait_s)
+                log.warning("%s; waiting up to %g s", last, wait_s)
                 warned = True
             left = deadline - time.monotonic()
             if left <= 0:

@@ -309,7 +309,7 @@ class StreamRunner:
 
     def _verdict(self, final_error: str | None) -> tuple[StreamState, str]:
         m = self.metrics
-        lost = f"lost {m.loss_summary} clips" if m.losses else ""
+        lost = f"lost {m.loss_summary}" if m.losses else ""
         if final_error:
             return StreamState.ERROR, f"{final_error}; {lost}" if lost else final_error
         if lost:
@@ -323,6 +323,9 @@ class StreamRunner:
                 StreamState.STOPPED,
                 f"stopped at {where}{of}, before the end of the file: run it again to resume",
             )
+        if m.corrupt:
+            spans = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in m.corrupt[:5])
+            return StreamState.STOPPED, f"{m.corrupt_s:.1f} s of the source could not be decoded ({spans})"
         return StreamState.STOPPED, ""
 
     async def _still_ours(self) -> bool:

@@ -38,7 +38,7 @@ class StreamMetrics(IngestCounters):
         if state != self.state:
             self.since = time.time()
         self.state = state
-        if error:
+        if error and state != StreamState.STOPPED:  # a stopped stream's text is a note, not an error
             self.errors += 1
             self.last_error = error
 
@@ -62,11 +62,12 @@ class StreamMetrics(IngestCounters):
 
     @property
     def loss_summary(self) -> str:
-        """ "3 (2 backpressure, 1 encoder)", or "" when nothing was lost."""
+        """ "3 clips (2 backpressure, 1 encoder)", or "" when nothing was lost."""
         total = sum(self.losses.values())
         if not total:
             return ""
-        return f"{total} ({', '.join(f'{n} {r}' for r, n in sorted(self.losses.items()))})"
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.losses.items()))
+        return f"{total} clip{'s' if total != 1 else ''} ({reasons})"
 
     def count_frame(self, now: float) -> None:
         """Update the decoded-frame rate: 1 / (exponential average of frame intervals, ~20 frames)."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 Policy = Literal["lower_fps", "skip", "wait"]
 POLICIES: tuple[str, ...] = get_args(Policy)
+# URL schemes PyAV reads for us (a plain path is a file); `whip` streams are configured with `whip: true`
+SOURCE_SCHEMES = frozenset({"file", "rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "rtp"})
 
 
 class _Settings(BaseModel):
@@ -78,6 +80,24 @@ class StreamSettings(SourceOptions):
         description="When encoding falls behind (default: ingest.policy; `wait` for backfilled files)",
     )
     enabled: bool = Field(default=True, title="Enabled")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            raise ValueError("the URL is empty")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else "file"
+        if scheme == "whip" or v.lower() == "whip":
+            raise ValueError("a WHIP stream is configured with `whip: true`, not a URL")
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"unsupported source URL scheme {scheme!r}: use rtsp://, rtsps://, http(s)://, a file path, "
+                "or `whip: true`"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> StreamSettings:

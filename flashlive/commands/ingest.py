@@ -89,7 +89,8 @@ def _config_from_args(args: argparse.Namespace) -> FlashliveConfig:
             raise CommandError("give a URL to ingest (or --config FILE)")
         from flashlive.stream.sources.av_source import default_name
 
-        data = {"streams": {args.name or default_name(args.url): _stream_from_args(args)}}
+        name = args.name if args.name is not None else default_name(args.url)
+        data = {"streams": {name: _stream_from_args(args)}}
         source = "the command line"
     overrides = {
         key: value

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flashlive.config import ConfigError, Problem, problems_of
 from flashlive.errors import CommandError
@@ -88,6 +88,14 @@ class WindowOptions(_Options):
     start: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     end: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     last: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_window(self) -> WindowOptions:
+        if self.last is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give either --last or --start/--end, not both")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError(f"--start ({self.start:g}) is after --end ({self.end:g})")
+        return self
 
 
 class ExportOptions(WindowOptions):
