@@ -87,7 +87,10 @@ def refusal(exc: BaseException, *, what: str, where: str, detail: str = "") -> M
     if isinstance(exc, MemoryStoreError):
         return exc
     if isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, rx.AuthenticationError):
-        return MemoryUnavailableError(f"cannot reach Redis at {where} while {what} ({_message(exc)})")
+        return MemoryUnavailableError(
+            f"cannot reach Redis at {where} while {what} ({_message(exc)}): check that it runs and that "
+            "memory.redis.url (or --redis) points at it"
+        )
     code = error_code(exc)
     said = _message(exc)
     extra = f" ({detail})" if detail else ""

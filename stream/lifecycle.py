@@ -191,6 +191,7 @@ class StreamRunner:
         return await asyncio.wait_for(until(), timeout)
 
     async def _publish(self, state: StreamState, error: str | None = None, **extra: Any) -> bool:
+        """Report the state; False when it could not be written for a reason that may pass."""
         async with self._publish_lock:  # in order: a periodic refresh never lands after a state change
             return await self._publish_locked(state, error, **extra)
 
@@ -217,7 +218,7 @@ class StreamRunner:
             )
         except MemoryStoreError as exc:  # memory down: metrics still tell the truth, the stream goes on
             log.warning("%s: could not publish state %s: %s", self.name, state, exc)
-            return False
+            return not exc.transient  # False: worth trying again (Redis away, out of memory, ...)
         return True
 
     async def run(self) -> None:
@@ -288,23 +289,37 @@ class StreamRunner:
                         self.name, lease.previous_source, self.spec.source_id, lease.origin)  # fmt: skip
 
     async def _finish(self, final_error: str | None) -> None:
-        """Store what is left (within the stop budget when stopped), account for every clip, report."""
+        """Store what is left, account for every clip, report. After `stop()` all of it fits in the stop
+        budget (`stop_timeout_s`, plus a moment); otherwise it waits for Redis up to `memory_wait_s`."""
         spec = self.spec
-        budget = spec.settings.stop_timeout_s if self._stopping else None
-        await self.compressor.unregister(spec.name, drain=not self.compressor.closing, timeout=budget)
+        deadline = time.monotonic() + spec.settings.stop_timeout_s if self._stopping else None
+
+        def left(otherwise: float | None) -> float | None:
+            return otherwise if deadline is None else max(0.0, deadline - time.monotonic())
+
+        await self.compressor.unregister(spec.name, drain=not self.compressor.closing, timeout=left(None))
         flush = getattr(self.memory, "flush", None)
-        if flush is not None and not await flush(budget or spec.settings.memory_wait_s, stream=spec.name):
+        if flush is not None and not await flush(left(spec.settings.memory_wait_s), stream=spec.name):
             lost = self.memory.discard(spec.name)  # type: ignore[attr-defined]
             log.error("%s: %d clips were still waiting for Redis: lost", spec.name, lost)
         state, message = self._verdict(final_error)
         self.error = message if state == StreamState.ERROR else None
         self.note = message if state == StreamState.STOPPED else ""
-        if self.lease is not None and not await self._still_ours():
-            self.refused = True  # another writer took the stream over: its state is not ours to write
-        await self._report(state, message, budget or spec.settings.memory_wait_s)
-        release = getattr(self.memory, "release", None)
-        if release is not None and not self.refused:
-            await release(spec.name)
+        try:
+            # a Redis that hangs must not hold a stop past its budget (connection refused is instant)
+            async with asyncio.timeout(
+                None if deadline is None else max(0.0, deadline - time.monotonic()) + 0.5
+            ):
+                if self.lease is not None and not await self._still_ours():
+                    self.refused = True  # another writer took the stream over: not ours to report on
+                await self._report(state, message, left(spec.settings.memory_wait_s) or 0.0)
+                release = getattr(self.memory, "release", None)
+                if release is not None and not self.refused:
+                    await release(spec.name)
+        except TimeoutError:
+            log.error(
+                "%s: Redis did not answer in time: the final state %s was not recorded", spec.name, state
+            )
         log.info("%s: %s%s", spec.name, state, f" ({message})" if message else "")
 
     def _verdict(self, final_error: str | None) -> tuple[StreamState, str]:

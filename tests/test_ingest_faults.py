@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import redis
 
-from flashlive.memory.server import RedisServer
+from flashlive.memory.server import RedisServer, server_version
 
 pytestmark = pytest.mark.slow  # each case runs one or two CLI processes (~3 s each to load the model)
 
@@ -229,7 +229,10 @@ def test_maxmemory_refusal_is_named_and_the_state_still_recorded(
     assert 1 <= len(ids) < 60 and ids == expected_ids(60)[: len(ids)]
     assert accounted(report["streams"]["full"])
     shown = memory_ls(server.url, prefix)["full"]
-    assert shown["state"] == "error" and "out of memory" in shown["error"]
+    if server_version(server.binary) >= (7, 0, 0):  # a script may write the final state past maxmemory
+        assert shown["state"] == "error" and "out of memory" in shown["error"]
+    else:  # Redis 6.2 takes no write at all: the state says nobody writes the stream any more
+        assert shown["state"] in ("connecting", "live") and shown["writer"] == ""
     assert "maxmemory" in err and "clips must be appended in time order" not in err
 
 
