@@ -20,6 +20,8 @@ This module holds the pure selection functions; `flashlive.model.llm` computes t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -70,17 +72,64 @@ def attention_keep(scores: Tensor, k: int) -> Tensor:
     return scores.topk(k).indices.sort().values.cpu()
 
 
-def last_token_visual_attention(q_last: Tensor, keys: Tensor, start: int, count: int) -> Tensor:
+def last_token_visual_attention(
+    q_last: Tensor, keys: Tensor | Sequence[Tensor], start: int, count: int
+) -> Tensor:
     """Attention of the last token to the visual tokens, averaged over query heads.
 
     q_last: [H, D] (rotary applied), keys: [Hkv, T, D] (rotary applied; the last token is key T-1, so
-    causality masks nothing). Returns [count] float32: softmax over all T keys, mean over heads, then the
-    columns start..start+count. The logits are formed in the compute dtype and the softmax in fp32 cast
-    back to it, as the release does, so bf16 runs choose the same tokens it would.
+    causality masks nothing), or a sequence of such tensors that together make the T keys in order
+    (a shared prefix's keys and a question's own, without concatenating them). Returns [count]
+    float32: softmax over all T keys, mean over heads, then the columns start..start+count. The logits
+    are formed in the compute dtype and the softmax in fp32 cast back to it, as the release does, so
+    bf16 runs choose the same tokens it would.
     """
+    parts = [keys] if isinstance(keys, Tensor) else list(keys)
     heads, dim = q_last.shape
-    groups = heads // keys.shape[0]
-    keys = keys.repeat_interleave(groups, dim=0)  # [H, T, D]; query head h reads kv head h // groups
-    logits = torch.einsum("hd,htd->ht", q_last, keys) / math.sqrt(dim)  # [H, T]
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q_last.dtype)
+    hkv = parts[0].shape[0]
+    qg = q_last.view(hkv, heads // hkv, dim)  # query head h reads kv head h // groups
+    logits = torch.cat([torch.einsum("kgd,ktd->kgt", qg, k) for k in parts], dim=-1) / math.sqrt(dim)
+    probs = torch.softmax(logits.reshape(heads, -1), dim=-1, dtype=torch.float32).to(q_last.dtype)
     return probs.mean(dim=0)[start : start + count].float()
+
+
+@dataclass(frozen=True)
+class DropoutPlan:
+    """What progressive dropout does to N visual tokens in a model of `num_layers` layers.
+
+    Stage s runs before layer `layers[s]` in mode `modes[s]`, taking `counts[s]` tokens to
+    `counts[s + 1]`. Uniform stages depend only on N; attention stages need the question. In every
+    mode the uniform stages come first, so the layers before the first attention stage
+    (`shared_layers`) can run without the question: that is what a shared visual prefix computes.
+    """
+
+    layers: tuple[int, ...]
+    modes: tuple[str, ...]
+    counts: tuple[int, ...]
+    num_layers: int
+
+    @classmethod
+    def build(cls, dropout: DropoutConfig | None, num_visual: int, num_layers: int) -> DropoutPlan:
+        if dropout is None or num_visual == 0:
+            return cls((), (), (num_visual,), num_layers)
+        check_dropout(dropout, num_layers)
+        modes = stage_modes(dropout.mode, len(dropout.layers))
+        counts = stage_counts(num_visual, dropout.ratios)
+        return cls(tuple(dropout.layers), tuple(modes), tuple(counts), num_layers)
+
+    @property
+    def shared_layers(self) -> int:
+        """Layers [0, shared_layers) do not depend on the question: up to the first attention stage."""
+        for layer, mode in zip(self.layers, self.modes, strict=True):
+            if mode == "attention":
+                return layer
+        return self.num_layers
+
+    def stage_at(self, layer: int) -> int | None:
+        """The stage that runs before `layer`, if any."""
+        return self.layers.index(layer) if layer in self.layers else None
+
+    def visual_at(self, layer: int) -> int:
+        """Visual tokens present in `layer`."""
+        done = sum(1 for k in self.layers if k <= layer)
+        return self.counts[done]

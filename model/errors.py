@@ -39,6 +39,14 @@ class SamplingError(ModelError, ValueError):
     """Sampling settings that cannot produce whole clips."""
 
 
+class GenerationError(ModelError, ValueError):
+    """Generation settings (max_new_tokens, temperature, top-p, ...) that make no sense."""
+
+
+class WindowError(ModelError, ValueError):
+    """Clips that cannot be read as one window (empty, mixed streams or encoders, out of order)."""
+
+
 class VideoError(ModelError, ValueError):
     """The file cannot be used as a video (unreadable, empty, no video stream)."""
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flashlive.model.checkpoint import CheckpointError
+from flashlive.model.decoding import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -119,24 +120,6 @@ class RequestSampling:
     seed: int | None = None
 
 
-@dataclass(frozen=True)
-class ResolvedSampling:
-    """The settings a generation runs with. Neutral values: temperature 0 (greedy), top_p 1, top_k 0."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float  # over the generated tokens only (see the module docstring)
-    stop_ids: tuple[int, ...]
-    seed: int | None = None
-    origin: dict[str, str] = field(default_factory=dict, compare=False)  # setting -> where it came from
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
 def _eos_ids(value: Any, where: str) -> tuple[int, ...]:
     ids = value if isinstance(value, list) else [value]
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
@@ -207,7 +190,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     return raw
 
 
-def resolve_sampling(ckpt: CheckpointGeneration, request: RequestSampling) -> ResolvedSampling:
+def resolve_sampling(ckpt: CheckpointGeneration, request: RequestSampling) -> SamplingParams:
     """Request > chat()'s arguments > generation_config.json > transformers' defaults, per setting."""
     where = "request"
     if request.max_new_tokens is not None and request.max_new_tokens < 1:
@@ -252,7 +235,7 @@ def resolve_sampling(ckpt: CheckpointGeneration, request: RequestSampling) -> Re
     if temperature == 0:  # greedy: transformers adds no top-p / top-k warper
         top_p, top_k = 1.0, 0
         origin["top_p"] = origin["top_k"] = "unused when greedy"
-    return ResolvedSampling(
+    return SamplingParams(
         max_new_tokens=int(max_new),
         temperature=float(temperature),
         top_p=float(top_p),

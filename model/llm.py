@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,9 @@ from flashlive.model.dropout import (
     stage_modes,
     uniform_keep,
 )
-from flashlive.model.kv_cache import KVCache
+from flashlive.model.kv_cache import BatchKVCache, KVCache
+
+Cache: TypeAlias = KVCache | BatchKVCache
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,17 @@ log = logging.getLogger(__name__)
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos, sin: [T, head_dim] for integer positions [T]. Tables are built in fp32, then cast."""
+    """cos, sin: [..., head_dim] for integer positions [...] ([T] or [B, T]). Built in fp32, then cast."""
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
     )
-    freqs = torch.outer(positions.float(), inv_freq)  # [T, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+    freqs = positions.float()[..., None] * inv_freq  # [..., D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [..., D]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D]."""
+    """x: [B, H, T, D]; cos/sin: [T, D], or [B, 1, T, D] for per-row positions."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -91,15 +93,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None, layer: int) -> Tensor:
         b, t, _ = x.shape  # x: [B, T, C]
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)  # [B, Hkv, Tk, D], Tk >= T
-        o = attend(q, k, v, causal=True)  # [B, H, T, D], bottom-right aligned after a cached prefix
+        # [B, H, T, D]; a cache stores k, v and attends over everything it held before too
+        o = cache.attend(layer, q, k, v) if cache is not None else attend(q, k, v, causal=True)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -122,7 +123,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None, layer: int) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)  # x: [B, T, C]
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -208,7 +209,7 @@ class Qwen2LM(nn.Module):
         cos, sin = self._rope(0, x.shape[1])
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, None, i)
-        return self.lm_head(self.model.norm(x)).float()
+        return self.logits(x)
 
     @torch.inference_mode()
     def prefill(
@@ -260,7 +261,7 @@ class Qwen2LM(nn.Module):
                 stages.append(stage)
             cos, sin = self._rope(base[i], x.shape[1])
             x = layer(x, cos, sin, cache, i)
-        logits = self.lm_head(self.model.norm(x[:, -1])).float()  # [B, V]
+        logits = self.logits(x[:, -1])  # [B, V]
         return PrefillOutput(logits=logits, cache=cache, visual=visual, stages=stages)
 
     @torch.inference_mode()
@@ -273,9 +274,59 @@ class Qwen2LM(nn.Module):
         for i, layer in enumerate(self.model.layers):
             cos, sin = self._rope(cache.length(i), x.shape[1])
             x = layer(x, cos, sin, cache, i)
-        return self.lm_head(self.model.norm(x[:, -1])).float()
+        return self.logits(x[:, -1])
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin for integer positions [T] -> [T, D], or [B, T] -> [B, 1, T, D] (per-row positions)."""
+        cos, sin = rope_cos_sin(
+            positions.to(self.device), self.config.head_dim, self.config.rope_theta, self.dtype
+        )
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Final norm and head: hidden states [..., C] -> logits [..., V] float32."""
+        return self.lm_head(self.model.norm(h)).float()
+
+    def selection_keys(self, layer: int, h: Tensor, start: int) -> Tensor:
+        """Layer `layer`'s keys for hidden states h: [T, C] at positions start.. -> [Hkv, T, D].
+
+        What an attention dropout stage before `layer` scores against (input norm, k_proj, rotary).
+        """
+        attn = self._attn(layer)
+        t = h.shape[0]
+        k = (
+            attn.k_proj(self._block(layer).input_layernorm(h))
+            .view(t, attn.n_kv, attn.head_dim)
+            .transpose(0, 1)
+        )
+        cos, sin = self._rope(start, t)
+        return apply_rope(k, cos, sin)
+
+    def selection_query(self, layer: int, h_last: Tensor, position: int) -> Tensor:
+        """Layer `layer`'s query of one token's hidden state h_last: [C] at `position` -> [H, D]."""
+        attn = self._attn(layer)
+        q = attn.q_proj(self._block(layer).input_layernorm(h_last[None]))
+        q = q.view(1, attn.n_heads, attn.head_dim).transpose(0, 1)  # [H, 1, D]
+        cos, sin = self._rope(position, 1)
+        return apply_rope(q, cos, sin)[:, 0]
+
+    def visual_attention(self, x: Tensor, layer: int, start: int, count: int) -> Tensor:
+        """Layer `layer`'s attention from the last token of x: [T, C] to its visual tokens: [count]."""
+        keys = self.selection_keys(layer, x, 0)
+        q = self.selection_query(layer, x[-1], x.shape[0] - 1)
+        return last_token_visual_attention(q, keys, start, count)
 
     # -------------------------------------------------------------------------------------- internals
+
+    def _block(self, layer: int) -> DecoderLayer:
+        block = self.model.layers[layer]
+        assert isinstance(block, DecoderLayer)
+        return block
+
+    def _attn(self, layer: int) -> Attention:
+        return self._block(layer).self_attn
 
     def _rope(self, start: int, length: int) -> tuple[Tensor, Tensor]:
         pos = torch.arange(start, start + length, device=self.device)
@@ -299,7 +350,7 @@ class Qwen2LM(nn.Module):
         mode = stage_modes(dropout.mode, len(dropout.layers))[stage]
         scores: Tensor | None = None
         if mode == "attention":
-            scores = self._visual_attention(x, layer, start, n)
+            scores = self.visual_attention(x[0], layer, start, n)
         if forced is not None:
             forced = forced.to("cpu", torch.long)
             local = torch.searchsorted(kept, forced)
@@ -321,20 +372,6 @@ class Qwen2LM(nn.Module):
         x = torch.cat([x[:, :start], x[:, idx], x[:, start + n :]], dim=1)
         scores = scores.cpu() if scores is not None else None
         return x, DropStage(layer=layer, mode=mode, candidates=kept, kept=kept[local.cpu()], scores=scores)
-
-    def _visual_attention(self, x: Tensor, layer: int, start: int, count: int) -> Tensor:
-        """Layer `layer`'s attention from the last token to the visual tokens, mean over heads: [count]."""
-        block = self.model.layers[layer]
-        assert isinstance(block, DecoderLayer)
-        attn = block.self_attn
-        h = block.input_layernorm(x[0])  # [T, C]
-        t = h.shape[0]
-        cos, sin = self._rope(0, t)
-        q = attn.q_proj(h[-1:]).view(1, attn.n_heads, attn.head_dim).transpose(0, 1)  # [H, 1, D]
-        k = attn.k_proj(h).view(t, attn.n_kv, attn.head_dim).transpose(0, 1)  # [Hkv, T, D]
-        q = apply_rope(q, cos[-1:], sin[-1:])[:, 0]  # [H, D]
-        k = apply_rope(k, cos, sin)
-        return last_token_visual_attention(q, k, start, count)
 
 
 def _fill_tied_head(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

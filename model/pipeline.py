@@ -18,6 +18,7 @@ import torch
 from flashlive.model.checkpoint import (
     PROJECTOR_PREFIX,
     TOWER_PREFIX,
+    llm_key,
     load_strict,
     preset_or_dir,
     projector_key,
@@ -27,6 +28,7 @@ from flashlive.model.checkpoint import (
 )
 from flashlive.model.config import FlashConfig
 from flashlive.model.device import resolve_device
+from flashlive.model.llm import Qwen2LM, random_init_
 from flashlive.model.merge import hico_merge
 from flashlive.model.preprocess import preprocess_clips
 from flashlive.model.projector import Projector
@@ -98,6 +100,19 @@ def build_projector(spec: LoadedSpec, *, progress: bool = False) -> Projector:
         select=projector_key,
         seed_offset=PROJECTOR_SEED_OFFSET,
         init_random=Projector.init_random,
+        progress=progress,
+    )
+
+
+def build_llm(spec: LoadedSpec, *, progress: bool = False) -> Qwen2LM:
+    return load_part(
+        Qwen2LM(spec.cfg.llm),
+        spec,
+        part="LLM",
+        prefix="",
+        select=llm_key,
+        seed_offset=LLM_SEED_OFFSET,
+        init_random=random_init_,
         progress=progress,
     )
 

@@ -28,17 +28,26 @@ def time_message(duration_s: float, num_frames: int) -> str:
 
 def build_prompt(question: str, duration_s: float, num_frames: int, system: str = DEFAULT_SYSTEM) -> str:
     """The full ChatML prompt, ending where the assistant's answer starts."""
+    return video_prefix_text(system) + IMAGE_PLACEHOLDER + question_text(question, duration_s, num_frames)
+
+
+def video_prefix_text(system: str = DEFAULT_SYSTEM) -> str:
+    """The prompt before the video: question-independent, so a visual prefix can be shared."""
+    if IMAGE_PLACEHOLDER in system:
+        raise PromptError(f"the system text must not contain the video placeholder {IMAGE_PLACEHOLDER!r}")
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+
+
+def question_text(question: str, duration_s: float, num_frames: int) -> str:
+    """The prompt after the video: the time message, the question, the start of the answer."""
     if not question.strip():
         raise PromptError("the question is empty")
-    if IMAGE_PLACEHOLDER in question or IMAGE_PLACEHOLDER in system:
+    if IMAGE_PLACEHOLDER in question:
         raise PromptError(f"the question must not contain the video placeholder {IMAGE_PLACEHOLDER!r}")
     control = CONTROL_TOKEN.search(question)
     if control:
         raise PromptError(f"the question must not contain the control token {control.group()!r}")
-    user = f"{IMAGE_PLACEHOLDER}\n{time_message(duration_s, num_frames)} {question}"
-    return (
-        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    )
+    return f"\n{time_message(duration_s, num_frames)} {question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def tokenize_with_image(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -79,13 +80,22 @@ def test_ask_file_json_reports_answer_tokens_and_timings(video: Path) -> None:
     proc = run("ask-file", str(video), "What moves in the video?", "--json", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["frames"] == 64 and report["clips"] == 16
+    assert report["frames"] == report["num_frames"] == 64 and len(report["clips"]) == 16
     assert report["duration"] == 10.0
     assert report["sampling"] == {"min_frames": 64, "max_frames": 64, "step": 8}  # tiny's budget is 64
     assert report["visual_tokens"] == 16 * 64
-    assert report["visual_tokens_kept"] == []
+    assert report["visual_kept"] == []
     assert isinstance(report["answer"], str) and 0 < report["new_tokens"] <= 5
-    assert set(report["timings"]) >= {"decode", "encode", "prefill", "decode_tokens"}
+    assert report["answer"] == report["answer"].strip()
+    assert set(report["timings"]) >= {"decode", "encode", "projector", "prefix", "prefill", "first_token"}
+    # clip times come from the sampled frames: they tile the video in order, within its duration
+    clips = report["clips"]
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(clips))
+    assert 0 <= clips[0]["start"] < clips[0]["end"] and clips[-1]["end"] <= report["duration"]
+    # dropout is off: evidence comes from one deep layer's attention, and cites these clips
+    assert len(report["evidence"]) == 3
+    assert {e["clip_id"] for e in report["evidence"]} <= {c["clip_id"] for c in clips}
+    assert 0 < sum(e["score"] for e in report["evidence"]) <= 1.0
 
 
 @pytest.mark.slow
@@ -93,7 +103,8 @@ def test_ask_file_dropout_keeps_the_asked_share(video: Path, capsys: pytest.Capt
     args = ["--dropout", "uniform0_attention", "--dropout-layers", "1,3", "--dropout-ratios", "1,0.75,0.25"]
     assert main(["ask-file", str(video), "What moves?", "--json", "--max-new-tokens", "2", *args]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["visual_tokens_kept"] == [768, 256]  # of 1024
+    assert report["visual_kept"] == [768, 256]  # of 1024
+    assert report["evidence"] and report["evidence"][0]["score"] >= report["evidence"][-1]["score"]
     assert report["dropout"]["mode"] == "uniform0_attention"
 
 
@@ -129,6 +140,8 @@ def test_bad_inputs_give_one_clear_line(
         ((str(video), "q", "--max-frames", "30"), "max_frames must be a multiple of the 4-frame clip"),
         ((str(video), "q", "--frame-step", "6"), "frame step must be a positive multiple of the 4-frame"),
         ((str(video), "   "), "the question is empty"),
+        ((str(video), "q", "--temperature", "-1"), "temperature must be 0 (greedy) or more"),
+        ((str(video), "q", "--max-new-tokens", "0"), "max_new_tokens must be at least 1"),
         ((str(video), "why? " * 9000), "does not fit the model's context"),
     ]
     for args, message in cases:

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashlive.model.answer import build_llm
 from flashlive.model.checkpoint import (
     INDEX_FILE,
     CheckpointError,
@@ -22,7 +21,7 @@ from flashlive.model.checkpoint import (
 )
 from flashlive.model.config import PRESETS, DropoutConfig, FlashConfig, UnknownPresetError, get_preset
 from flashlive.model.llm import Qwen2LM
-from flashlive.model.pipeline import build_projector, build_tower, resolve
+from flashlive.model.pipeline import build_llm, build_projector, build_tower, resolve
 from flashlive.model.projector import Projector
 from flashlive.model.vision import VisionTower, position_table, sinusoid_table
 

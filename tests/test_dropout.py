@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from flashlive.model.config import PRESETS, DropoutConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.dropout import DropoutError, stage_counts, stage_modes
 from flashlive.model.generate import generate
 from flashlive.model.kv_cache import KVCache
@@ -138,7 +139,7 @@ def test_kv_lengths_per_layer(lm: Qwen2LM) -> None:
     out = lm.prefill(x, visual=(5, 40), dropout=DropoutConfig("uniform0_attention", (1, 3), (1.0, 0.5, 0.25)))
     assert out.visual_kept == [20, 10]
     assert out.cache.lengths == [52, 32, 32, 22]  # layer 0 full; layers 1-2 lost 20; layer 3 lost 30
-    tokens = list(generate(lm, out, max_new_tokens=4, stop_ids=()))
+    tokens = list(generate(lm, out, SamplingParams(max_new_tokens=4), stop_ids=()))
     assert len(tokens) == 4
     assert out.cache.lengths == [55, 35, 35, 25]  # the last token is not fed back
 
@@ -158,7 +159,7 @@ def test_cached_decoding_after_a_drop_equals_recomputation(lm: Qwen2LM, mode: st
     assert out.visual_kept == [24, 14, 12]
     cached: list[int] = []
     logits = [out.logits]
-    for tok in generate(lm, out, max_new_tokens=6, stop_ids=()):
+    for tok in generate(lm, out, SamplingParams(max_new_tokens=6), stop_ids=()):
         cached.append(tok)
     # the cache now holds 5 decoded tokens; rebuild the same logits step by step without it
     seq = x

@@ -10,6 +10,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from flashlive.model.config import PRESETS, DropoutConfig, LLMConfig
+from flashlive.model.decoding import SamplingParams
 from flashlive.model.dropout import DropoutError
 from flashlive.model.generate import generate
 from flashlive.model.llm import Qwen2LM, random_init_
@@ -106,7 +107,9 @@ def test_decode_logits_match_transformers(pair: tuple[Qwen2LM, Qwen2ForCausalLM]
 def test_greedy_generation_cached_equals_recomputed(pair: tuple[Qwen2LM, Qwen2ForCausalLM]) -> None:
     lm, _ = pair
     embeds = spliced_prompt(lm, 7, 32, 9, seed=3)
-    cached = list(generate(lm, lm.prefill(embeds, visual=(7, 32)), max_new_tokens=10, stop_ids=()))
+    cached = list(
+        generate(lm, lm.prefill(embeds, visual=(7, 32)), SamplingParams(max_new_tokens=10), stop_ids=())
+    )
     # without a cache: rerun the whole sequence for every new token
     seq, recomputed = embeds, []
     with torch.no_grad():
@@ -123,10 +126,10 @@ def test_generation_stops_at_im_end_and_respects_max_new_tokens(
 ) -> None:
     lm, _ = pair
     embeds = spliced_prompt(lm, 4, 8, 4, seed=4)
-    free = list(generate(lm, lm.prefill(embeds), max_new_tokens=6, stop_ids=()))
+    free = list(generate(lm, lm.prefill(embeds), SamplingParams(max_new_tokens=6), stop_ids=()))
     assert len(free) == 6
     # make the third greedy token the stop token: generation yields the two before it and ends
-    stopped = list(generate(lm, lm.prefill(embeds), max_new_tokens=6, stop_ids=(free[2],)))
+    stopped = list(generate(lm, lm.prefill(embeds), SamplingParams(max_new_tokens=6), stop_ids=(free[2],)))
     assert stopped == free[: free.index(free[2])]
 
 
@@ -135,7 +138,7 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(pair: tuple[Qwen2LM, Qwen2F
     embeds = spliced_prompt(lm, 4, 8, 4, seed=5)
 
     def run(**kw: Any) -> list[int]:
-        return list(generate(lm, lm.prefill(embeds), max_new_tokens=8, stop_ids=(), **kw))
+        return list(generate(lm, lm.prefill(embeds), SamplingParams(max_new_tokens=8, **kw), stop_ids=()))
 
     a, b = run(temperature=1.5, seed=7), run(temperature=1.5, seed=7)
     assert a == b
@@ -180,5 +183,5 @@ def test_cuda_half_precision_tracks_fp32(pair: tuple[Qwen2LM, Qwen2ForCausalLM],
     plain = gpu.prefill(embeds.cuda(), visual=(6, 40))
     assert out.visual_kept == [20, 10]
     assert torch.allclose(plain.logits.cpu(), ref.logits, atol=0.1, rtol=0.05)
-    tokens = list(generate(gpu, out, max_new_tokens=4, stop_ids=()))
+    tokens = list(generate(gpu, out, SamplingParams(max_new_tokens=4), stop_ids=()))
     assert len(tokens) == 4

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     add_model_args(p)
     add_sampling_args(p)
     add_dropout_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024, as the release's chat()")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
+    p.add_argument("--top-p", type=float, default=None, help="default: off (1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(handler=ask_file)
@@ -111,11 +111,13 @@ def check_ask_file_options(args: argparse.Namespace) -> None:
 
 
 def ask_file(args: argparse.Namespace) -> int:
-    from flashlive.model.answer import Answerer
     from flashlive.model.dropout import check_dropout
+    from flashlive.model.engine import Engine
     from flashlive.model.errors import ModelError
+    from flashlive.model.generation_config import RequestSampling
     from flashlive.model.pipeline import load_tower_encoder
     from flashlive.model.video import read_video
+    from flashlive.model.window import VideoWindow
 
     check_ask_file_options(args)
     timings: dict[str, float] = {}
@@ -124,11 +126,21 @@ def ask_file(args: argparse.Namespace) -> int:
         encoder = load_tower_encoder(args.model, device=args.device, dtype=args.dtype, download=args.download)
         sampling = parse_sampling(args, encoder.cfg.max_frames)
         sampling.check(encoder.clip_frames)  # before the LLM loads: a bad number should fail fast
-        answerer = Answerer.load(args.model, device=args.device, dtype=args.dtype, download=args.download)
+        engine = Engine.load(
+            args.model, device=args.device, dtype=args.dtype, download=args.download, progress=True
+        )
         timings["load"] = time.perf_counter() - t0
-        dropout = parse_dropout(args, answerer.cfg.dropout)
+        dropout = parse_dropout(args, engine.cfg.dropout)
         if dropout is not None:
-            check_dropout(dropout, answerer.cfg.llm.num_hidden_layers)
+            check_dropout(dropout, engine.cfg.llm.num_hidden_layers)
+        params = engine.sampling(
+            RequestSampling(
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                seed=args.seed,
+            )
+        )
         t0 = time.perf_counter()
         video = read_video(args.video, clip_frames=encoder.clip_frames, sampling=sampling)
         timings["decode"] = time.perf_counter() - t0
@@ -137,17 +149,11 @@ def ask_file(args: argparse.Namespace) -> int:
         clips = video.frames.reshape(n, encoder.clip_frames, *video.frames.shape[1:])
         tokens = encoder.encode(clips)
         timings["encode"] = time.perf_counter() - t0
-        stream = answerer.stream(
-            tokens,
-            args.question,
-            duration=video.duration,
-            num_frames=len(video.frames),
-            dropout=dropout,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
+        frame_times = [i / video.fps if video.fps > 0 else 0.0 for i in video.indices]
+        window = VideoWindow.from_file(
+            tokens, frame_times, duration=video.duration, name=str(args.video), encoder_id=encoder.encoder_id
         )
+        stream = engine.answer(window, args.question, dropout=dropout, params=params)
         for piece in stream:
             if not args.json:
                 sys.stdout.write(piece)
@@ -155,21 +161,15 @@ def ask_file(args: argparse.Namespace) -> int:
     except (ModelError, ValueError) as exc:  # ValueError: a bad --max-frames or sampling setting
         raise CommandError(str(exc)) from None
     result = stream.result
-    timings.update(result.timings)
+    assert result is not None
     if args.json:
-        report = {
-            "answer": result.answer,
-            "model": answerer.cfg.name,
+        report: dict[str, Any] = {
+            "model": engine.cfg.name,
             "frames": len(video.frames),
-            "duration": round(video.duration, 3),
             "sampling": vars(sampling),
-            "clips": result.clips,
-            "visual_tokens": result.visual_tokens,
-            "visual_tokens_kept": result.visual_kept,
-            "dropout": None if dropout is None else vars(dropout),
-            "prompt_tokens": result.prompt_tokens,
-            "new_tokens": result.new_tokens,
-            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "generation": {k: v for k, v in vars(params).items() if k != "origin"},
+            **result.to_dict(),
+            "timings": {k: round(v, 4) for k, v in {**timings, **vars(result.timings)}.items()},
         }
         print(json.dumps(report))
     else:
