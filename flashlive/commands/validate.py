@@ -60,15 +60,15 @@ class _Options(BaseModel):
 
 
 class AskFileOptions(_Options):
-    """`flashlive ask-file`'s numbers."""
+    """`flashlive ask-file`'s numbers (None: the model's or the release's default)."""
 
-    max_new_tokens: int = Field(ge=1, le=32768)
-    temperature: float = Field(ge=0, le=100, allow_inf_nan=False)
-    top_p: float = Field(gt=0, le=1, allow_inf_nan=False)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     max_frames: int | None = Field(default=None, ge=1, le=100_000)
-    min_frames: int = Field(ge=1, le=100_000)
-    frame_step: int = Field(ge=1, le=1024)
+    min_frames: int | None = Field(default=None, ge=1, le=100_000)
+    frame_step: int | None = Field(default=None, ge=1, le=1024)
 
 
 ASK_FILE_FLAGS = {
