@@ -513,6 +513,8 @@ class Compressor:
 
     def _on_outcome(self, outcome: ClipOutcome) -> None:
         """The memory's word on a clip it buffered (or acknowledged and then lost)."""
+        if outcome.stream not in self.metrics.streams:
+            return  # another compressor's stream (one memory may serve several)
         q = self.queues.get(outcome.stream)
         m = self.metrics.stream(outcome.stream)
         if outcome.previous == AppendStatus.BUFFERED:
