@@ -91,6 +91,13 @@ class StreamQueue:
     store_task: asyncio.Task[None] | None = None
 
 
+def frames_digest(frames: np.ndarray) -> str:
+    """What a clip shows, as a short hash of its sampled frames [F, H, W, 3]: every 4th row and column
+    (1/16 of the bytes: ~0.4 ms a clip at 640x360 instead of ~6 ms) tells one video from another; it
+    guards against mixing videos by accident, not against a forger."""
+    return content_digest(np.ascontiguousarray(frames[:, ::4, ::4]).tobytes())
+
+
 class CompressorClosed(RuntimeError):
     pass
 
@@ -424,7 +431,7 @@ class Compressor:
                 c,
                 np.ascontiguousarray(tokens[i]),
                 jpeg_thumbnail(c.frames[0], self.thumbnail_width),
-                content_digest(np.ascontiguousarray(c.frames[: c.real_frames]).tobytes()),
+                frames_digest(c.frames[: c.real_frames]),
             )
             for i, c in enumerate(batch)
         ]
