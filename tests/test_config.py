@@ -211,3 +211,18 @@ def test_ingest_command_line_errors_are_one_plain_line(capsys: pytest.CaptureFix
     assert main(["ingest", "/videos/a.mp4", "--redis", "http://cache:6379"]) == 2
     err = capsys.readouterr().err
     assert "--redis / $FLASHLIVE_REDIS_URL" in err and "redis://" in err
+
+
+def test_a_stream_name_taken_from_a_file_name_follows_the_name_rule() -> None:
+    from flashlive.memory.keys import STREAM_NAME
+    from flashlive.stream.sources.av_source import default_name
+
+    cases = {
+        "/videos/vid eo ü.mkv": "vid-eo-u",
+        "/videos/.hidden.mp4": "hidden",
+        "/videos/___.mp4": "stream",
+        "rtsp://cam.local/live/Front Door": "Front-Door",
+        "/videos/" + "a" * 300 + ".mp4": "a" * 128,
+    }
+    for url, name in cases.items():
+        assert default_name(url) == name and STREAM_NAME.match(name), url

@@ -400,3 +400,15 @@ def test_ctrl_c_stops_a_memory_command_waiting_on_a_hung_redis(silent_port: int)
     run.proc.send_signal(signal.SIGINT)
     rc, _, err = run.finish(timeout=10)
     assert time.monotonic() - t0 < 2.0 and rc == 130 and "Traceback" not in err
+
+
+def test_ctrl_c_stops_demo_video_within_two_seconds(tmp_path: Path) -> None:
+    run = Run("demo-video", str(tmp_path / "long.mp4"), "--seconds", "3600")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "long.mp4").exists():  # writing has begun
+        assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.lines)
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    run.proc.send_signal(signal.SIGINT)
+    rc, _, err = run.finish(timeout=10)
+    assert time.monotonic() - t0 < 2.0 and rc == 130 and "Traceback" not in err, err
