@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "flashlive.commands.ingest",
     "flashlive.commands.check_config",
     "flashlive.commands.demo",
+    "flashlive.commands.serve",
 )
 
 

@@ -28,7 +28,7 @@ from flashlive.memory.errors import (
 )
 
 # connection-level failures: the clip never reached Redis, or its reply never came back
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     rx.ConnectionError,  # also BusyLoadingError: a restarted Redis still reading its AOF
     rx.TimeoutError,
     ConnectionError,

@@ -55,6 +55,9 @@ class ModelEngine:
         self.name = name or engine.cfg.name
         self.encoder_id = engine.encoder_id
         self.clip_frames = engine.cfg.vision.clip_frames
+        # weights generated from the preset's seed, not loaded from a checkpoint: answers are noise
+        # (the worker's heartbeat carries it; the page shows a banner)
+        self.random_weights = engine.cfg.seed is not None
         self.max_running = 0  # the largest batch a decode step ran (how much jobs shared steps)
         self._lock = threading.Lock()
         self._outputs: dict[int, deque[StepOutput]] = {}
