@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -61,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_leave_at_once = False  # set by main() for commands that opt in (`fast_exit`), read by run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _leave_at_once
     parser = build_parser()
     args = parser.parse_args(argv)
+    _leave_at_once = bool(getattr(args, "fast_exit", False))
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -76,3 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return int(result or 0)
+
+
+def run() -> NoReturn:
+    """The `flashlive` entry point: `main()`, then exit. Commands that load torch and have closed all
+    they opened by the time they return (ingest: Redis, leases, servers) set `fast_exit`: they leave
+    with os._exit, skipping the interpreter's teardown, which spends about a second freeing torch and
+    would make a Ctrl-C take longer than the 2 s it may take."""
+    code = main()
+    if not _leave_at_once:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

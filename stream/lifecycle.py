@@ -190,12 +190,17 @@ class StreamRunner:
 
         return await asyncio.wait_for(until(), timeout)
 
-    async def _publish(self, state: StreamState, error: str | None = None, **extra: Any) -> bool:
-        """Report the state; False when it could not be written for a reason that may pass."""
+    async def _publish(
+        self, state: StreamState, error: str | None = None, *, previous: str = "", **extra: Any
+    ) -> bool:
+        """Report the state; False when it could not be written for a reason that may pass. `previous`:
+        an earlier error the report keeps showing (not counted again)."""
         async with self._publish_lock:  # in order: a periodic refresh never lands after a state change
-            return await self._publish_locked(state, error, **extra)
+            return await self._publish_locked(state, error, previous=previous, **extra)
 
-    async def _publish_locked(self, state: StreamState, error: str | None = None, **extra: Any) -> bool:
+    async def _publish_locked(
+        self, state: StreamState, error: str | None = None, *, previous: str = "", **extra: Any
+    ) -> bool:
         self.metrics.set_state(state, error)
         self._changed.set()
         if self.refused:
@@ -212,7 +217,7 @@ class StreamRunner:
                 state,
                 since=self.metrics.since,
                 source=self.metrics.source,
-                error=error or "",
+                error=error or previous,
                 metrics=self.metrics.counters(),
                 **extra,
             )
@@ -308,7 +313,7 @@ class StreamRunner:
         try:
             # a Redis that hangs must not hold a stop past its budget (connection refused is instant)
             async with asyncio.timeout(
-                None if deadline is None else max(0.0, deadline - time.monotonic()) + 0.5
+                None if deadline is None else max(0.0, deadline - time.monotonic()) + 0.3
             ):
                 if self.lease is not None and not await self._still_ours():
                     self.refused = True  # another writer took the stream over: not ours to report on
@@ -366,8 +371,9 @@ class StreamRunner:
     async def _loop(self) -> str | None:
         """The connect/ingest/retry loop; returns the error that stopped the stream (None: clean end)."""
         spec = self.spec
+        last_error = ""  # while reconnecting, the report keeps saying why the last try failed
         while not self._stopping:
-            await self._publish(StreamState.CONNECTING)
+            await self._publish(StreamState.CONNECTING, previous=last_error)
             try:
                 source = self.opener()
                 self.source = source
@@ -395,6 +401,7 @@ class StreamRunner:
                 if not spec.retry:
                     return str(exc)
                 delay = self.backoff.next_delay()
+                last_error = str(exc)
                 log.warning("%s: %s; reconnecting in %.1fs", spec.name, exc, delay)
                 self.metrics.reconnects += 1
                 await self._publish(StreamState.RETRYING, str(exc), retry_in_s=round(delay, 2))

@@ -163,7 +163,7 @@ class IngestSettings(_Settings):
         description="One ingest writes a stream; a crashed one's lease lapses after this long",
     )
     stop_timeout_s: float = Field(
-        default=1.5,
+        default=1.0,
         gt=0,
         le=600,
         allow_inf_nan=False,

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--top-p", type=float, default=None, help="default: off (1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    p.set_defaults(handler=ask_file)
+    p.set_defaults(handler=ask_file, fast_exit=True)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -62,7 +62,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="also ingest the streams registered through the web API (POST /api/streams), and run "
         "until stopped (what docker-compose's ingest service does)",
     )
-    p.set_defaults(handler=ingest_command)
+    p.set_defaults(handler=ingest_command, fast_exit=True)
 
 
 # the command line's options, by the config setting they set (for one-line messages)
