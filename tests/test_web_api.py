@@ -7,7 +7,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import av
@@ -69,6 +69,7 @@ async def test_streams_list_state_clips_and_metrics(web: Web, client: httpx.Asyn
         await fill(memory, "lobby", 5)
         counters = IngestCounters(clips=5, lag_s=0.5, sample_fps=1.0, input_fps=25.0, dropped_clips=1)
         await memory.set_state("lobby", StreamState.LIVE, source="rtsp://u:pw@cam/1", metrics=counters)
+        await memory.record_loss("lobby", 2, "buffer_full")  # what any writer lost, as memory records it
     reply = await client.get("/api/streams")
     assert reply.status_code == 200
     lobby = next(s for s in reply.json()["streams"] if s["name"] == "lobby")
@@ -76,6 +77,9 @@ async def test_streams_list_state_clips_and_metrics(web: Web, client: httpx.Asyn
     assert lobby["clips"] == 5 and lobby["first_start"] == 1000.0 and lobby["last_end"] == 1020.0
     assert lobby["span_s"] == 20.0 and lobby["lag_s"] == 0.5 and lobby["fps"] == 1.0
     assert lobby["input_fps"] == 25.0 and lobby["dropped_clips"] == 1
+    assert lobby["lost_clips"] == 2 and lobby["duplicates"] == 0
+    metrics = (await client.get("/metrics")).text
+    assert 'flashlive_stream_lost_clips_total{stream="lobby"} 2.0' in metrics
     assert "pw" not in lobby["source"] and lobby["source"].startswith("rtsp://")
     assert (await client.get("/api/streams/lobby")).json()["clips"] == 5
     missing = await client.get("/api/streams/nope")
@@ -366,6 +370,29 @@ async def test_healthz_info_and_metrics(web: Web, client: httpx.AsyncClient) -> 
     assert ("flashlive_queue_jobs", None) in samples
     by_api = {s.labels["api"]: s.value for s in families["flashlive_asks"].samples}
     assert by_api["ask"] >= 1 and by_api["openai"] == 0
+
+
+async def test_a_redis_out_of_memory_is_a_named_503_and_the_service_stays_up(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory()
+    with web_app(server.url, "oom") as full:
+        async with httpx.AsyncClient(base_url=full.url, timeout=30) as c:
+            async with full.memory() as memory:
+                await fill(memory, "door", 3)
+                used = int((await memory.client.info("memory"))["used_memory"])
+                await memory.client.config_set("maxmemory-policy", "noeviction")
+                await memory.client.config_set("maxmemory", str(used + 1024))
+            watch = {"stream": "door", "condition": "someone is at the door"}
+            refused = await c.post("/api/watches", json=watch)
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "memory_unavailable" and "out of memory" in error["message"]
+            assert refused.headers["retry-after"] == "5"
+            assert (await c.get("/api/streams/door/segments")).status_code == 200  # reads still work
+            async with full.memory() as memory:
+                await memory.client.config_set("maxmemory", "0")
+            assert (await c.post("/api/watches", json=watch)).status_code == 201
 
 
 async def test_redis_away_is_503_and_healthz_says_down() -> None:

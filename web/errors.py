@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flashlive.memory.errors import (
@@ -26,6 +27,7 @@ from flashlive.memory.errors import (
     UnknownStreamError,
 )
 from flashlive.memory.messages import ErrorCode, explain
+from flashlive.memory.refusals import refusal
 from flashlive.memory.store import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,8 @@ def memory_error(exc: MemoryStoreError) -> ApiError:
         return ApiError(409, ErrorCode.ENCODER_MISMATCH, str(exc))
     if isinstance(exc, MemoryUnavailableError):
         return ApiError(503, "redis_unavailable", str(exc))
+    if exc.transient:  # Redis out of memory, failing to persist, busy: waiting may help
+        return ApiError(503, "memory_unavailable", str(exc), headers={"Retry-After": "5"})
     return ApiError(500, "internal", f"memory error: {exc}")
 
 
@@ -146,7 +150,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(MemoryStoreError)
     async def _memory(request: Request, exc: MemoryStoreError) -> JSONResponse:
         err = memory_error(exc)
-        return error_response(err.status, err.code, err.message)
+        return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.exception_handler(ResponseError)
+    async def _refused(request: Request, exc: ResponseError) -> JSONResponse:
+        # a write Redis refused outside VideoMemory (jobs, watches, the registry): name it by its family
+        named = refusal(exc, what=f"{request.method} {request.url.path}", where="the memory's Redis")
+        log.warning("%s %s: %s", request.method, request.url.path, named)
+        err = memory_error(named)
+        return error_response(err.status, err.code, err.message, err.headers)
 
     for kind in CONNECTION_ERRORS:
 

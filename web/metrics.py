@@ -66,6 +66,16 @@ class SnapshotCollector(Collector):
         for name, doc, attr in (
             ("flashlive_stream_dropped_clips", "Clips skipped by backpressure", "dropped_clips"),
             ("flashlive_stream_reconnects", "Reconnect attempts", "reconnects"),
+            (
+                "flashlive_stream_lost_clips",
+                "Clips lost (buffer full, refused by Redis, encoder failure)",
+                "lost_clips",
+            ),
+            (
+                "flashlive_stream_duplicate_clips",
+                "Clips memory already held (a resumed backfill)",
+                "duplicates",
+            ),
         ):
             c = CounterMetricFamily(name, doc, labels=["stream"])
             for row in s.streams:

@@ -62,6 +62,8 @@ class StreamOut(Response):
     fps: float  # current sample rate
     input_fps: float
     dropped_clips: int
+    lost_clips: int  # clips any writer lost (memory's record; `error` says why when the ingest ended)
+    duplicates: int  # clips memory already held (a resumed backfill)
     pending_clips: int
     reconnects: int
     encoder_id: str

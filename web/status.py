@@ -56,6 +56,8 @@ async def stream_out(svc: Services, name: str, registered: bool) -> StreamOut | 
         span_s=stats.span if stats else 0.0,
         lag_s=m.lag_s, latency_s=m.latency_s, fps=m.sample_fps, input_fps=m.input_fps,
         dropped_clips=m.dropped_clips, pending_clips=m.pending_clips, reconnects=m.reconnects,
+        lost_clips=stats.lost if stats else m.lost_clips,
+        duplicates=stats.duplicates if stats else m.duplicates,
         encoder_id=stats.encoder_id if stats else "",
     )  # fmt: skip
 

@@ -5,7 +5,7 @@ import { rememberedStream, selectStream, state } from "./state.js";
 import { $, el, emit, fmtDuration, on, showError, toast } from "./ui.js";
 
 const STATE_TEXT = {
-  live: "live", connecting: "connecting", retrying: "retrying", stopped: "stopped",
+  live: "live", connecting: "connecting", retrying: "retrying", stopped: "stopped", error: "error",
   pending: "waiting for ingest", unknown: "no report",
 };
 
