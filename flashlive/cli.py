@@ -24,6 +24,9 @@ COMMAND_MODULES = (
     "flashlive.commands.ingest",
     "flashlive.commands.check_config",
     "flashlive.commands.demo",
+    "flashlive.commands.worker",
+    "flashlive.commands.ask",
+    "flashlive.commands.watch",
 )
 
 

@@ -26,7 +26,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -64,6 +64,15 @@ class ModelPrefix:
     handle: PrefixHandle
     started: float  # perf_counter() when the prefix was asked for: first-token time counts from it
     reused: bool = False  # computed for another request
+    arriving: bool = False  # handed out with others at once: a prefill waits for it (GATHER_S)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A prefix being computed, and how many requests wait for it."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    waiters: int = 0
 
 
 class ModelEngine:
@@ -80,12 +89,12 @@ class ModelEngine:
         self.prefixes_reused = 0  # asks for a prefix answered by one computed for another request
         self._lock = threading.Condition()  # the step lock: engine.add/step/abort and the outputs
         self._outputs: dict[int, deque[StepOutput]] = {}
-        self._arriving: set[int] = set()  # ids of ModelPrefixes handed out and not yet used
+        self._arriving = 0  # prefixes handed out together and not yet used (see ModelPrefix.arriving)
         self._plock = threading.Lock()  # the prefix table
         self._prefixes: weakref.WeakValueDictionary[tuple[object, ...], PrefixHandle] = (
             weakref.WeakValueDictionary()
         )
-        self._computing: dict[tuple[object, ...], threading.Event] = {}
+        self._computing: dict[tuple[object, ...], _Pending] = {}
 
     @classmethod
     def load(
@@ -123,21 +132,27 @@ class ModelEngine:
         except (ModelError, ValueError) as exc:
             raise _request_error(exc) from exc
         key = (window.stream, window.encoder_id, window.clip_ids, window.duration, config)
+        waited = False
         while True:
             with self._plock:
                 handle = self._prefixes.get(key)
                 # same ids, other tokens: a stream deleted and written again since
                 if handle is not None and np.array_equal(handle.window.tokens, window.tokens):
                     self.prefixes_reused += 1
-                    return self._hand_out(ModelPrefix(handle, started, reused=True))
+                    return ModelPrefix(handle, started, reused=True, arriving=waited)
                 pending = self._computing.get(key)
                 if pending is None:
-                    pending = self._computing[key] = threading.Event()
+                    pending = self._computing[key] = _Pending()
                     break
-            while not pending.wait(STOP_POLL_S):  # another job computes it
+                pending.waiters += 1
+            waited = True
+            while not pending.ready.wait(STOP_POLL_S):  # another request computes it
                 if should_stop is not None and should_stop():
-                    raise EngineStopped("stopped while waiting for the window's prefix")
-            # it is ready, or its job stopped before it was (then this one computes it)
+                    with self._plock:
+                        if not pending.ready.is_set():
+                            pending.waiters -= 1
+                            raise EngineStopped("stopped while waiting for the window's prefix")
+            # it is ready, or its request stopped before it was (then this one computes it)
         computed: PrefixHandle | None = None
         try:
             computed = self.engine.prefix(window, config, cancel=should_stop)
@@ -147,21 +162,22 @@ class ModelEngine:
             raise _request_error(exc) from exc
         finally:
             with self._plock:
+                del self._computing[key]
                 if computed is not None:
                     self._prefixes[key] = computed
                     self.prefixes_computed += 1
-                del self._computing[key]
-            pending.set()
-        return self._hand_out(ModelPrefix(computed, started))
-
-    def _hand_out(self, prefix: ModelPrefix) -> ModelPrefix:
-        with self._lock:
-            self._arriving.add(id(prefix))
-        return prefix
+                    if pending.waiters:  # they and this one are about to add their questions
+                        with self._lock:
+                            self._arriving += pending.waiters + 1
+            pending.ready.set()
+        return ModelPrefix(computed, started, arriving=pending.waiters > 0)
 
     def _arrived(self, prefix: ModelPrefix) -> None:
+        if not prefix.arriving:
+            return
+        prefix.arriving = False
         with self._lock:
-            self._arriving.discard(id(prefix))
+            self._arriving = max(0, self._arriving - 1)
             self._lock.notify_all()
 
     def answer(
@@ -206,7 +222,7 @@ class ModelEngine:
             # requests handed a prefix are about to be added: prefill them in the same batch
             gather = not queue and self.engine.num_waiting and self._arriving
             if gather and not self._lock.wait_for(lambda: not self._arriving, timeout=GATHER_S):
-                self._arriving.clear()  # a prefix nobody used (its job failed first)
+                self._arriving = 0  # a request that never came (its job failed first)
             if not queue:
                 if self.step_delay:
                     time.sleep(self.step_delay)

@@ -458,16 +458,22 @@ class Worker:
             return
         run = _Running(job, d, attempt)
         self.running[job.id] = run
+        log.info(
+            "job %s: attempt %d on %s, %s: %r", job.id, attempt, job.stream, job.window.describe(),
+            job.question[:80],
+        )  # fmt: skip
         try:
             record = await self._answer(run)
         finally:
             del self.running[job.id]
         if record is None:  # taken over by another worker, or this one is shutting down
+            log.info("job %s: left to another worker (%s)", job.id, run.reason)
             return
         written, rid = await self._retry(lambda: self.queue.finish(record), until=until)
         if written or rid:  # ours, or an earlier attempt's: the job is done either way
             self.outcomes["final" if isinstance(record, FinalRecord) else record.code] += 1
             await self._retry(lambda: self.queue.ack(d.entry_id), until=until)
+        log.info("job %s: %s", job.id, _summary(record) if written else "already answered elsewhere")
 
     async def _refuse(self, d: Delivery, record: ErrorRecord, until: float) -> None:
         """Answer a job that will not run with an error record, and take it off the queue."""
@@ -616,6 +622,18 @@ def _reraise_cancel(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
+
+
+def _summary(record: FinalRecord | ErrorRecord) -> str:
+    if isinstance(record, ErrorRecord):
+        return f"{record.code}: {record.message}"
+    t, b = record.timings, record.batching
+    shared = ", prefix shared" if b.prefix_reused else ""
+    return (
+        f"answered: {record.new_tokens} tokens ({record.finish_reason}) from {len(record.clips)} clips in "
+        f"{t.total:.2f} s, first token {t.first_token:.2f} s, {t.tokens_per_s:.1f} tokens/s; "
+        f"prefill batch {b.prefill_batch}, decode batch {b.decode_batch}{shared}"
+    )
 
 
 def _late(job: AskJob) -> str:
