@@ -44,6 +44,7 @@ from flashlive.memory.settings import REDIS_URL_ENV, RedisSettings
 
 _DROPOUT, _GENERATION = DropoutSettings(), Generation()  # the defaults shown in --help
 RECORD_GRACE_S = 15.0  # s past the deadline to wait for the worker's deadline record before giving up
+CANCEL_WAIT_S = 5.0  # s Ctrl-C waits for the worker to confirm the cancel
 
 # message field -> the option that sets it
 FLAGS: Mapping[str, str] = {
@@ -257,21 +258,30 @@ class TextOut:
 
 
 async def _stream(queue: JobQueue, job: AskJob, *, as_json: bool) -> int:
-    """Print the answer as it comes; Ctrl-C cancels the job. Returns the exit status."""
+    """Print the answer as it comes. Ctrl-C cancels the job in Redis and waits (briefly) for the
+    worker's cancelled record, so the command ends knowing the worker let it go. Returns the status."""
     out = TextOut(sys.stderr if as_json else sys.stdout)
     reading = asyncio.create_task(_read(queue, job, out))
+    interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, reading.cancel)
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    waiting = asyncio.create_task(interrupted.wait())
     try:
-        terminal = await reading
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(queue.cancel(job.id), 5)
-        out.end_line()
-        print("flashlive ask: cancelled", file=sys.stderr)
-        return 130
+        await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if interrupted.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(job.id), CANCEL_WAIT_S)
+            await asyncio.wait({reading}, timeout=CANCEL_WAIT_S)
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
+            out.end_line()
+            print("flashlive ask: cancelled", file=sys.stderr)
+            return 130
+        terminal = reading.result()
     finally:
+        waiting.cancel()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     out.end_line()

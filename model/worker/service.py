@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from flashlive.memory.cancellation import reraise_if_cancelling
 from flashlive.memory.jobs import (
     DEFAULT_LEASE,
     MAX_DELIVERIES,
@@ -250,7 +251,7 @@ class Worker:
                 wait = await once()
                 delay = 0.05
             except CONNECTION_ERRORS as exc:
-                _reraise_cancel(exc)
+                reraise_if_cancelling(exc)
                 if delay == 0.05:
                     log.warning("%s: redis unreachable (%s); retrying", what, exc)
                 wait = delay
@@ -258,7 +259,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _reraise_cancel(exc)
+                reraise_if_cancelling(exc)
                 log.exception("%s: unexpected error; going on", what)
                 wait = 1.0
             pause = every if wait is None else wait
@@ -338,7 +339,7 @@ class Worker:
         try:
             return await self.queue.read(self.name, count=count, block=0.001)
         except CONNECTION_ERRORS as exc:
-            _reraise_cancel(exc)
+            reraise_if_cancelling(exc)
             return []
 
     async def _reclaim_once(self) -> None:
@@ -614,14 +615,6 @@ async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
         log.warning("%s did not stop in %.0f s: cancelling it", task.get_name(), timeout)
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _reraise_cancel(exc: BaseException) -> None:
-    """Python 3.11's asyncio.timeout (inside redis-py) can turn a task's cancellation into a
-    TimeoutError; a loop that took that for a Redis outage would never stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from exc
 
 
 def _summary(record: FinalRecord | ErrorRecord) -> str:
