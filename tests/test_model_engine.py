@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
 from flashlive.memory.watches import TickScheduler, WatchStore
-from flashlive.model.engine import Engine
+from flashlive.model.engine import Engine, PrefixHandle
 from flashlive.model.worker.engine import ContextLimitError, EngineRequestError, EngineStopped
 from flashlive.model.worker.model_engine import ModelEngine
 from flashlive.model.worker.service import Worker, WorkerSettings
@@ -202,7 +203,9 @@ def test_a_reused_id_with_other_tokens_is_not_taken_for_the_same_prefix(model: M
 
 
 @pytest.mark.slow
-def test_concurrent_asks_on_one_window_share_one_prefix_and_one_prefill(model: ModelEngine) -> None:
+def test_concurrent_asks_on_one_window_share_one_prefix_and_one_prefill(
+    model: ModelEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     window = clips(model, 8, seed=6)
     generation = Generation(max_new_tokens=4)
     alone = []
@@ -216,9 +219,9 @@ def test_concurrent_asks_on_one_window_share_one_prefix_and_one_prefill(model: M
     computed, reused = model.prefixes_computed, model.prefixes_reused
     engine_prefix = model.engine.prefix
 
-    def slow_prefix(*args: object, **kwargs: object) -> object:
+    def slow_prefix(*args: Any, **kwargs: Any) -> PrefixHandle:
         time.sleep(0.5)  # every asker arrives while it is computed, however busy the machine
-        return engine_prefix(*args, **kwargs)  # type: ignore[arg-type]
+        return engine_prefix(*args, **kwargs)
 
     start = threading.Barrier(4)
     outcomes: list[object] = [None] * 4
@@ -232,15 +235,12 @@ def test_concurrent_asks_on_one_window_share_one_prefix_and_one_prefill(model: M
         texts[i] = "".join(run)
         outcomes[i] = run.outcome
 
-    model.engine.prefix = slow_prefix  # type: ignore[method-assign]
-    try:
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        del model.engine.prefix  # type: ignore[method-assign]
+    monkeypatch.setattr(model.engine, "prefix", slow_prefix)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
     assert texts == alone  # batched answers are the answers asked one at a time
     assert (model.prefixes_computed - computed, model.prefixes_reused - reused) == (1, 3)
     assert sorted(o.prefix_reused for o in outcomes) == [False, True, True, True]  # type: ignore[attr-defined]
@@ -262,7 +262,7 @@ def test_a_long_prefix_does_not_stall_the_running_answers(model: ModelEngine) ->
         generation=Generation(max_new_tokens=2000),
         should_stop=done.is_set,
     )
-    decoding = threading.Thread(target=lambda: [pieces.append(p) for p in run])
+    decoding = threading.Thread(target=lambda: pieces.extend(run))
     decoding.start()
     moved: list[bool] = []
 
@@ -284,26 +284,27 @@ def test_a_long_prefix_does_not_stall_the_running_answers(model: ModelEngine) ->
     assert run.outcome.finish_reason == "stopped" and not model.engine.has_unfinished()
 
 
-def test_a_stopped_request_leaves_the_prefix_it_waited_for(model: ModelEngine) -> None:
+def test_a_stopped_request_leaves_the_prefix_it_waited_for(
+    model: ModelEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(EngineStopped):
         model.prefix(clips(model, 40, stream="stop", seed=9), None, should_stop=lambda: True)
     engine_prefix = model.engine.prefix
     release = threading.Event()
 
-    def held_prefix(*args: object, **kwargs: object) -> object:
+    def held_prefix(*args: Any, **kwargs: Any) -> PrefixHandle:
         release.wait(10)
-        return engine_prefix(*args, **kwargs)  # type: ignore[arg-type]
+        return engine_prefix(*args, **kwargs)
 
     window = clips(model, 3, stream="wait", seed=10)
-    model.engine.prefix = held_prefix  # type: ignore[method-assign]
+    monkeypatch.setattr(model.engine, "prefix", held_prefix)
+    first = threading.Thread(target=lambda: model.prefix(window, None))
+    first.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
     try:
-        first = threading.Thread(target=lambda: model.prefix(window, None))
-        first.start()
-        time.sleep(0.2)
-        t0 = time.monotonic()
         with pytest.raises(EngineStopped, match="waiting"):
             model.prefix(window, None, should_stop=lambda: time.monotonic() - t0 > 0.2)
+    finally:
         release.set()
         first.join(30)
-    finally:
-        del model.engine.prefix  # type: ignore[method-assign]
