@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "flashlive.commands.ingest",
     "flashlive.commands.check_config",
     "flashlive.commands.demo",
+    "flashlive.commands.serve",
     "flashlive.commands.worker",
     "flashlive.commands.ask",
     "flashlive.commands.watch",

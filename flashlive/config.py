@@ -16,9 +16,10 @@
       retention: {seconds: 86400}
 
 Each library owns the schema of its section, defaults included (`stream.settings`, `model.settings`,
-`memory.settings`); this module composes them, adds the app's own sections (worker, web) and reads the
-file. `${NAME}` is replaced by the environment variable NAME (`${NAME:-default}` gives a default, `$${`
-is a literal `${`), after YAML parsing, so secrets stay out of the file and never change its structure.
+`memory.settings`, `web.settings`); this module composes them, adds the app's own section (worker) and
+reads the file. `${NAME}` is replaced by the environment variable NAME (`${NAME:-default}` gives a
+default, `$${` is a literal `${`), after YAML parsing, so secrets stay out of the file and never change
+its structure.
 Every error names the line it came from: `lobby.yaml:4: streams.lobby.fps: ...`.
 """
 
@@ -36,10 +37,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     StringConstraints,
     ValidationError,
-    field_validator,
 )
 
 from flashlive.memory.keys import NAME_RULE, STREAM_NAME
@@ -47,6 +46,7 @@ from flashlive.memory.settings import MemorySettings
 from flashlive.model.device import DEVICE_RULE, Device
 from flashlive.model.settings import ModelSettings
 from flashlive.stream.settings import IngestSettings, StreamSettings
+from flashlive.web.settings import WebSettings
 
 Path_ = tuple[str | int, ...]
 
@@ -56,22 +56,14 @@ class _Section(BaseModel):
 
 
 class WorkerConfig(_Section):
+    """The query workers `flashlive serve` starts, and what each worker process runs. (The worker's
+    timings — heartbeat, lease, drain — are `WorkerSettings` in model/worker/service.py.)"""
+
     device: Device = Field(default="auto", title="Device", description=DEVICE_RULE)
     concurrency: int = Field(default=1, ge=1, le=64, title="Jobs at once per worker")
-    job_timeout_s: float = Field(default=300.0, gt=0, title="Job timeout (s)")
-
-
-class WebConfig(_Section):
-    host: str = Field(default="127.0.0.1", title="Listen address")
-    port: int = Field(default=8000, ge=1, le=65535, title="Listen port")
-    whip_token: SecretStr | None = Field(
-        default=None, title="WHIP bearer token", description="Empty: no token"
+    processes: int = Field(
+        default=1, ge=0, le=64, title="Worker processes `flashlive serve` starts", description="0: none"
     )
-
-    @field_validator("whip_token", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: object) -> object:
-        return None if v == "" else v
 
 
 StreamName = Annotated[str, StringConstraints(pattern=STREAM_NAME.pattern)]
@@ -79,14 +71,14 @@ StreamName = Annotated[str, StringConstraints(pattern=STREAM_NAME.pattern)]
 
 class FlashliveConfig(_Section):
     """The whole file. Each library owns the section of what it runs (`stream.settings`,
-    `model.settings`, `memory.settings`); the worker and web sections belong to the app."""
+    `model.settings`, `memory.settings`, `web.settings`); the worker section belongs to the app."""
 
     streams: dict[StreamName, StreamSettings] = Field(default_factory=dict, title="Streams, keyed by name")
     ingest: IngestSettings = Field(default_factory=IngestSettings, title="Ingest defaults")
     model: ModelSettings = Field(default_factory=ModelSettings, title="Model")
     memory: MemorySettings = Field(default_factory=MemorySettings, title="Memory")
     worker: WorkerConfig = Field(default_factory=WorkerConfig, title="Query workers")
-    web: WebConfig = Field(default_factory=WebConfig, title="Web server")
+    web: WebSettings = Field(default_factory=WebSettings, title="Web server")
 
 
 # settings that moved; a file that still uses the old place gets told the new one
@@ -96,6 +88,8 @@ MOVED: dict[Path_, str] = {
     ("memory", "retention_s"): "memory.retention.seconds",
     ("memory", "max_bytes"): "memory.retention.max_bytes",
     ("model", "max_batch"): "ingest.max_batch",
+    ("web", "whip_token"): "web.token (one token for the API, WHIP and /ws)",
+    ("worker", "job_timeout_s"): "web.job_timeout_s (the web app sets each question's deadline)",
 }
 
 

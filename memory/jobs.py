@@ -131,6 +131,8 @@ class WorkerInfo(Message):
     concurrency: int = 1
     model: str = ""
     encoder_id: str = ""
+    # untrained (randomly initialised) weights: answers are noise; the page shows a banner
+    random_weights: bool = False
     running: list[str] = Field(default_factory=list)  # job ids
     ticks: list[str] = Field(default_factory=list)  # streams whose watch tick it evaluates
     time: float = Field(default_factory=time.time)

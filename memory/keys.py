@@ -167,3 +167,21 @@ def watched_key(prefix: str) -> str:
 def events_channel(prefix: str) -> str:
     """Pub/sub channel on which every event is published live (JSON: `{"id": entry id, "event": ...}`)."""
     return f"{prefix}:events:live"
+
+
+# -- streams registered at run time (memory/registry.py) -----------------------------------------
+
+
+def registry_key(prefix: str) -> str:
+    """Hash: stream name -> `StreamRegistration` (JSON): pulled streams added through the API."""
+    return f"{prefix}:ingest:streams"
+
+
+def registry_channel(prefix: str) -> str:
+    """Pub/sub channel: a wake-up for ingest processes after every change of the registry."""
+    return f"{prefix}:ingest:changes"
+
+
+def owner_key(prefix: str, stream: str) -> str:
+    """String with a TTL: the ingest process that runs a registered stream (its lease)."""
+    return f"{prefix}:{{{stream}}}:owner"

@@ -8,6 +8,7 @@ APT_PACKAGES=(
   redis-server                      # tests start their own servers; also the embedded default
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-rtsp   # a real RTSP server for the ingest tests
+  docker-compose                    # tests validate docker-compose.yml with `docker-compose config`
 )
 
 missing=()

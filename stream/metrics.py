@@ -1,7 +1,9 @@
 """In-process counters and gauges per stream.
 
 The counters themselves (`IngestCounters`) are defined with the memory, which carries a snapshot of
-them with each stream's state to other processes (`VideoMemory.set_state` / `status`).
+them with each stream's state to other processes (`VideoMemory.set_state` / `status`). Prometheus
+reads those snapshots through the web app's /metrics (web/metrics.py), which covers every ingest
+process at once.
 """
 
 from __future__ import annotations
@@ -61,60 +63,3 @@ class Metrics:
             name: {k: v for k, v in vars(m).items() if not k.startswith("_")}
             for name, m in self.streams.items()
         }
-
-    def prometheus_text(self) -> str:
-        """The Prometheus text exposition format (0.0.4)."""
-        lines: list[str] = []
-
-        def family(metric: str, kind: str, help_text: str, values: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {metric} {help_text}")
-            lines.append(f"# TYPE {metric} {kind}")
-            lines.extend(f"{metric}{{{labels}}} {value:g}" for labels, value in values)
-
-        ms = sorted(self.streams.values(), key=lambda m: m.name)
-
-        def per(attr: str) -> list[tuple[str, float]]:
-            return [(f'stream="{_escape(m.name)}"', float(getattr(m, attr))) for m in ms]
-
-        family(
-            "flashlive_stream_state",
-            "gauge",
-            "1 for the stream's current state",
-            [
-                (f'stream="{_escape(m.name)}",state="{s}"', float(m.state == s))
-                for m in ms
-                for s in StreamState
-            ],
-        )
-        family("flashlive_stream_frames_total", "counter", "Decoded frames", per("frames_in"))
-        family("flashlive_stream_sampled_frames_total", "counter", "Sampled frames", per("frames_sampled"))
-        family("flashlive_stream_clips_total", "counter", "Clips stored in memory", per("clips"))
-        family(
-            "flashlive_stream_dropped_clips_total",
-            "counter",
-            "Clips skipped by backpressure",
-            per("dropped_clips"),
-        )
-        family("flashlive_stream_reconnects_total", "counter", "Reconnect attempts", per("reconnects"))
-        family("flashlive_stream_errors_total", "counter", "Source errors", per("errors"))
-        family(
-            "flashlive_stream_pending_clips", "gauge", "Clips waiting for the encoder", per("pending_clips")
-        )
-        family(
-            "flashlive_stream_lag_seconds",
-            "gauge",
-            "How long the oldest waiting clip has waited",
-            per("lag_s"),
-        )
-        family("flashlive_stream_latency_seconds", "gauge", "Last clip, complete to stored", per("latency_s"))
-        family("flashlive_stream_sample_fps", "gauge", "Current sample rate", per("sample_fps"))
-        family("flashlive_stream_input_fps", "gauge", "Decoded frame rate", per("input_fps"))
-        family("flashlive_encode_clips_total", "counter", "Clips encoded", [("", float(self.encode_clips))])
-        family(
-            "flashlive_encode_seconds_total", "counter", "Time spent encoding", [("", self.encode_seconds)]
-        )
-        return "\n".join(line.replace("{}", "") for line in lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

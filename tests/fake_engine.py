@@ -93,7 +93,10 @@ class FakeEngine:
     encoder_id = ENCODER_ID
     clip_frames = 4
 
-    def __init__(self, *, step_s: float = 0.0, length: int = 8, max_context: int = 4096) -> None:
+    def __init__(
+        self, *, step_s: float = 0.0, length: int = 8, max_context: int = 4096, random_weights: bool = False
+    ) -> None:
+        self.random_weights = random_weights  # reported in the heartbeat (the page's banner)
         self.step_s = step_s
         self.length = length  # words in every answer (it stops earlier at max_new_tokens)
         self.max_context = max_context

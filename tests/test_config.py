@@ -39,7 +39,7 @@ memory:
     seconds: 86400
 web:
   port: 8080
-  whip_token: "$${not-substituted}"
+  token: "$${not-substituted}"
 """
 
 
@@ -54,7 +54,7 @@ def test_example_parses_with_env_and_defaults() -> None:
     assert cfg.streams["demo"].url == "/videos/demo.mp4"  # ${VAR:-default}
     assert cfg.memory.redis.url is None and cfg.memory.redis.embedded  # empty means the embedded server
     assert cfg.memory.retention.seconds == 86400 and cfg.memory.retention.max_bytes is None
-    assert cfg.web.whip_token is not None and cfg.web.whip_token.get_secret_value() == "${not-substituted}"
+    assert cfg.web.token is not None and cfg.web.token.get_secret_value() == "${not-substituted}"
     assert cfg.ingest.backoff_max_s == 30 and cfg.ingest.fps == 1.0 and cfg.ingest.max_batch == 8
     assert cfg.worker.concurrency == 1
 
@@ -211,3 +211,25 @@ def test_ingest_command_line_errors_are_one_plain_line(capsys: pytest.CaptureFix
     assert main(["ingest", "/videos/a.mp4", "--redis", "http://cache:6379"]) == 2
     err = capsys.readouterr().err
     assert "--redis / $FLASHLIVE_REDIS_URL" in err and "redis://" in err
+
+
+def test_web_and_worker_sections_explain_errors_with_their_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(
+        "worker:\n  processes: -1\n  job_timeout_s: 30\n"
+        "web:\n  port: 99999\n  rate_limit: {per_s: -1}\n  whip_upstream: ftp://ingest\n  whip_token: x\n"
+        "  max_question_chars: 1000000\n"
+    )
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: worker.processes: Input should be greater than or equal to 0" in err
+    assert f"{path}:3: worker.job_timeout_s: moved to web.job_timeout_s" in err
+    assert f"{path}:5: web.port: Input should be less than or equal to 65535" in err
+    assert f"{path}:6: web.rate_limit.per_s: Input should be greater than or equal to 0" in err
+    assert f"{path}:7: web.whip_upstream: must be an http:// or https:// URL" in err
+    assert f"{path}:8: web.whip_token: moved to web.token" in err
+    assert f"{path}:9: web.max_question_chars: Input should be less than or equal to 32000" in err
+    cfg = parse_config("web: {token: '${T}', cors_origins: ['*']}\n", env={"T": "abc"})
+    assert cfg.web.token_value == "abc" and "abc" not in repr(cfg.web)

@@ -159,6 +159,8 @@ async def test_a_worker_answers_and_watches_with_the_real_model(
         assert final.visual_tokens == [384, 288, 96] and 0 < final.new_tokens <= 5
         assert final.evidence and {e.clip_id for e in final.evidence} <= {c.id for c in final.clips}
         assert final.model == "tiny" and final.timings.prefill > 0
+        [info] = await queue.workers()
+        assert info.random_weights  # tiny's weights come from its seed: the page's banner
 
         store = WatchStore(memory.client, prefix=prefix)
         ticks = TickScheduler(memory.client, prefix=prefix)

@@ -1,12 +1,16 @@
-"""A worker process with the fake engine, for the failover tests (run as a script).
+"""A worker process with the fake engine, for the failover, web and serve tests and bench/web.py.
 
-    python tests/worker_proc.py REDIS_URL PREFIX NAME STEP_S LENGTH
+    python tests/worker_proc.py REDIS_URL PREFIX NAME STEP_S LENGTH [--random] [--encoder-id ID]
+                                [--concurrency N]
 
-Prints "ready" once serving; SIGTERM stops it cleanly.
+Prints "ready" once serving; SIGTERM or SIGINT stops it cleanly. `--random` makes the engine report
+untrained weights in its heartbeat (the page's banner); `--encoder-id` makes it read the tokens of
+that encoder (e.g. the tiny model's, under `flashlive serve`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -20,16 +24,33 @@ from fake_engine import FakeEngine
 from flashlive.model.worker.service import Worker, WorkerSettings
 
 
-async def main(url: str, prefix: str, name: str, step_s: float, length: int) -> None:
-    settings = WorkerSettings(name=name, heartbeat=0.2, lease=1.0, tick_lease=1.0, block=0.2, drain=0.5)
-    worker = Worker.connect(FakeEngine(step_s=step_s, length=length), url, prefix=prefix, settings=settings)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+async def main(args: argparse.Namespace) -> None:
+    settings = WorkerSettings(
+        name=args.name, heartbeat=0.2, lease=1.0, tick_lease=1.0, block=0.2, drain=0.5,
+        concurrency=args.concurrency,
+    )  # fmt: skip
+    engine = FakeEngine(step_s=args.step_s, length=args.length, random_weights=args.random)
+    if args.encoder_id:
+        engine.encoder_id = args.encoder_id
+    worker = Worker.connect(engine, args.url, prefix=args.prefix, settings=settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, worker.stop)
     print("ready", flush=True)
     await worker.run()
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("prefix")
+    parser.add_argument("name")
+    parser.add_argument("step_s", type=float)
+    parser.add_argument("length", type=int)
+    parser.add_argument("--random", action="store_true")
+    parser.add_argument("--encoder-id")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
     logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {sys.argv[3]} %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])))
+    asyncio.run(main(args))

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
 from flashlive.config import FlashliveConfig
 from flashlive.errors import CommandError
+from flashlive.memory.registry import DEFAULT_LEASE, StreamRegistration, StreamRegistry
 from flashlive.memory.settings import RedisSettings
 from flashlive.stream.lifecycle import StreamSpec
+from flashlive.stream.settings import IngestSettings, SourceOptions
+
+log = logging.getLogger(__name__)
 
 
 def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, StreamSpec]:
@@ -24,9 +31,47 @@ def specs_from_config(cfg: FlashliveConfig, *, whip: bool = False) -> dict[str, 
     }
 
 
-async def run_ingest(cfg: FlashliveConfig, redis: RedisSettings, *, progress: bool = True) -> int:
+def spec_from_registration(reg: StreamRegistration, settings: IngestSettings) -> StreamSpec:
+    """The spec of a stream registered through the API (`POST /api/streams`)."""
+    source = SourceOptions(transport=reg.transport, loop=reg.loop, realtime=True)
+    return StreamSpec(name=reg.name, url=reg.url, source=source, fps=reg.fps, settings=settings)
+
+
+async def follow_registry(
+    ingest: Any, registry: StreamRegistry, settings: IngestSettings, *, lease: float = DEFAULT_LEASE
+) -> None:
+    """Run the streams registered through the API (memory/registry.py) until cancelled: start each
+    one this process wins the lease of, renew the leases, stop the ones that were unregistered."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    mine: set[str] = set()
+    try:
+        async for registered in registry.follow(poll=lease / 3):
+            for name, reg in registered.items():
+                if name not in mine and ingest.running(name):
+                    continue  # a configured stream of that name runs here already
+                if not await registry.claim(name, owner, lease=lease):
+                    continue  # another ingest process runs it
+                if name not in mine:
+                    mine.add(name)
+                    log.info("starting registered stream %s", name)
+                    ingest.start_stream(spec_from_registration(reg, settings))
+            for name in sorted(mine - set(registered)):
+                log.info("stopping unregistered stream %s", name)
+                await ingest.stop_stream(name)
+                await registry.release(name, owner)
+                mine.discard(name)
+    finally:
+        for name in mine:
+            with contextlib.suppress(Exception):
+                await registry.release(name, owner)
+
+
+async def run_ingest(
+    cfg: FlashliveConfig, redis: RedisSettings, *, progress: bool = True, registry: bool = False
+) -> int:
     """Ingest every enabled stream of `cfg` (pulled ones, and WHIP ones served on ingest.whip_listen)
-    until they end or SIGINT/SIGTERM, into the memory `redis` reaches; 1 if any stream failed."""
+    until they end or SIGINT/SIGTERM, into the memory `redis` reaches; 1 if any stream failed. With
+    `registry`, also the streams registered through the API, and run until stopped."""
     from flashlive.memory.connect import open_memory
     from flashlive.model.encoder import load_clip_encoder
     from flashlive.model.errors import ModelError
@@ -55,7 +100,7 @@ async def run_ingest(cfg: FlashliveConfig, redis: RedisSettings, *, progress: bo
             )
         whip_server = None
         if whip_specs:
-            token = cfg.web.whip_token.get_secret_value() if cfg.web.whip_token else None
+            token = cfg.web.token_value
             app = ingest.whip_app(token=token, prefix="/whip", streams=whip_specs)
             whip_server = await _serve_whip(app, cfg.ingest.whip_listen)
             for name in whip_specs:
@@ -64,12 +109,23 @@ async def run_ingest(cfg: FlashliveConfig, redis: RedisSettings, *, progress: bo
                     file=sys.stderr,
                 )
         bars = asyncio.create_task(_progress(ingest)) if progress and sys.stderr.isatty() else None
-        # with WHIP streams the process runs until stopped; otherwise until every pulled stream ends
-        done = asyncio.create_task(ingest.wait(list(specs)) if not whip_specs else stop.wait())
+        follower = None
+        if registry:
+            follower = asyncio.create_task(
+                follow_registry(ingest, StreamRegistry(memory.client, prefix=memory.prefix), cfg.ingest)
+            )
+        # with WHIP streams or the registry the process runs until stopped; otherwise until every
+        # pulled stream ends
+        forever = bool(whip_specs) or registry
+        done = asyncio.create_task(ingest.wait(list(specs)) if not forever else stop.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         done.cancel()
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         if whip_server is not None:
             whip_server[0].should_exit = True
             await whip_server[1]

@@ -49,6 +49,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--password-env", metavar="VAR", help="environment variable holding the source password")
     p.add_argument("--max-batch", type=int, help=f"clips per encoder batch (default {_INGEST.max_batch})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for file backfill")
+    p.add_argument(
+        "--follow-registry",
+        action="store_true",
+        help="also ingest the streams registered through the web API (POST /api/streams), and run "
+        "until stopped (what docker-compose's ingest service does)",
+    )
     p.set_defaults(handler=ingest_command)
 
 
@@ -103,10 +109,13 @@ def _set(data: dict[str, Any], section: str, **values: object) -> None:
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args)
-    if not any(s.enabled for s in cfg.streams.values()):
-        raise CommandError("no enabled stream in the config")
+    if args.follow_registry and not args.url and not args.config:
+        cfg = config_from_data({})
+    else:
+        cfg = _config_from_args(args)
+    if not args.follow_registry and not any(s.enabled for s in cfg.streams.values()):
+        raise CommandError("no enabled stream in the config (or give --follow-registry)")
     from flashlive.app.ingest import run_ingest
 
     redis = redis_settings(args, cfg.memory.redis)
-    return asyncio.run(run_ingest(cfg, redis, progress=not args.no_progress))
+    return asyncio.run(run_ingest(cfg, redis, progress=not args.no_progress, registry=args.follow_registry))

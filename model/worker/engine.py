@@ -75,6 +75,9 @@ class AnswerRun(Protocol):
 
 
 class Engine(Protocol):
+    """An engine may also have `random_weights: bool` (True for untrained weights); the worker puts it
+    in its heartbeat (read with getattr: engines without it have trained weights)."""
+
     name: str  # model name for the records ("tiny", a checkpoint id)
     encoder_id: str  # the token space it reads: memory refuses tokens of another encoder
     clip_frames: int  # frames per clip (4): turns a frame budget into clips

@@ -84,6 +84,9 @@ class ModelEngine:
         self.encoder_id = engine.encoder_id
         self.clip_frames = engine.cfg.vision.clip_frames
         self.step_delay = step_delay  # test-only: s slept per step, so a test catches an answer mid-way
+        # weights generated from the preset's seed, not loaded from a checkpoint: answers are noise
+        # (the worker's heartbeat carries it; the page shows a banner)
+        self.random_weights = engine.cfg.seed is not None
         self.max_running = 0  # the largest batch a decode step ran (how much jobs shared steps)
         self.prefixes_computed = 0
         self.prefixes_reused = 0  # asks for a prefix answered by one computed for another request

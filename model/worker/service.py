@@ -363,6 +363,7 @@ class Worker:
         info = WorkerInfo(
             name=self.name, host=socket.gethostname(), pid=os.getpid(), started=self.started,
             concurrency=self.settings.concurrency, model=self.engine.name, encoder_id=self.engine.encoder_id,
+            random_weights=bool(getattr(self.engine, "random_weights", False)),
             running=sorted(self.running), ticks=sorted(self.evaluator.held),
         )  # fmt: skip
         await self.queue.heartbeat(info, ttl=3 * self.settings.heartbeat)

@@ -1,0 +1,149 @@
+"""`flashlive serve` from a fresh data directory, as a user runs it: /healthz within 60 s, the demo
+stream's clips, an answer, WHIP served in-process; Ctrl-C (or a SIGKILL) leaves no process behind.
+
+Until the real worker command lands, the worker slot runs the worker loop with the fake engine
+(reading the tiny model's tokens) through --worker-command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import free_port
+
+from flashlive.model.config import get_preset
+
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (by parent id, whatever session it runs in)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    encoder = get_preset("tiny").encoder_id
+    script = TESTS / "worker_proc.py"
+    worker = f"{{python}} {script} {{redis}} {{prefix}} serve-w 0.01 6 --random --encoder-id {encoder}"
+    env = {**os.environ, "FLASHLIVE_DATA_DIR": str(tmp_path / "unused")}
+    env.pop("FLASHLIVE_REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flashlive", "serve", "--data-dir", str(tmp_path / "data"),
+         "--port", str(port), "--model", "tiny", "--worker-command", worker],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[str], limit: float = 60.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        assert proc.poll() is None, f"serve exited with {proc.returncode}"
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"/healthz did not answer within {limit:.0f} s")
+
+
+def test_serve_quick_start_then_ctrl_c_leaves_nothing(serve: tuple[subprocess.Popen[str], str]) -> None:
+    proc, base = serve
+    took = wait_healthy(base, proc)
+    assert took < 60
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(f"FlashLive is up: {base}/")
+    with httpx.Client(base_url=base, timeout=30) as c:
+        demo: dict[str, object] = {}
+        for _ in range(300):  # the tiny model loads, then a clip every 4 s of the looped demo video
+            streams = c.get("/api/streams").json()["streams"]
+            demo = next((s for s in streams if s["name"] == "demo"), {})
+            if demo.get("clips", 0) and c.get("/api/info").json()["workers"]:
+                break
+            time.sleep(0.2)
+        assert demo["state"] == "live" and demo["clips"]
+        assert c.get("/api/info").json()["random_weights"] is True  # the banner's flag
+        reply = c.post("/api/ask", json={"stream": "demo", "question": "What colour is the ball?"})
+        final = [json.loads(line[5:]) for line in reply.text.splitlines() if line.startswith("data:")][-1]
+        assert final["type"] == "final" and final["stream"] == "demo", final
+        whip = c.post("/whip/cam", content=b"not sdp", headers={"Content-Type": "application/sdp"})
+        assert whip.status_code == 400 and "v=0" in whip.json()["error"]["message"]
+    tree = descendants(proc.pid)
+    assert len(tree) >= 2  # redis-server and the worker
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    assert proc.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in tree if alive(p)], "processes outlived flashlive serve"
+
+
+def test_serve_killed_takes_its_children_along(serve: tuple[subprocess.Popen[str], str]) -> None:
+    proc, base = serve
+    wait_healthy(base, proc)
+    deadline = time.monotonic() + 30
+    while len(tree := descendants(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(tree) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in tree if alive(p)], "children outlived a killed flashlive serve"
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        reply = subprocess.run(
+            [sys.executable, "-m", "flashlive", "serve", "--data-dir", str(tmp_path), "--port", str(port),
+             "--workers", "0"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert reply.returncode == 2
+    last = reply.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"flashlive serve: error: cannot serve on 127.0.0.1:{port} (the port is in use")
+    assert "Traceback" not in reply.stderr
