@@ -41,6 +41,7 @@ class WorkerPlan:
     settings: WorkerSettings
     dtype: str = "auto"
     download: bool = False
+    threads: int | None = None  # torch's CPU threads (None: torch's default, one per core)
     step_delay: float = 0.0  # test-only: seconds slept in every model step (catch an answer mid-way)
 
 
@@ -49,6 +50,10 @@ def load_engine(plan: WorkerPlan) -> ModelEngine:
     from flashlive.model.errors import ModelError
     from flashlive.model.worker.model_engine import ModelEngine
 
+    if plan.threads is not None:
+        import torch
+
+        torch.set_num_threads(plan.threads)
     t0 = time.perf_counter()
     try:
         engine = ModelEngine.load(

@@ -54,6 +54,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", default=None, help="embedded server data directory (when no Redis URL)")
     p.add_argument("--no-watches", action="store_true", help="answer questions only; leave watches to others")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the model (default: one per core). Several CPU workers on one machine: "
+        "give each cores / workers",
+    )
+    p.add_argument(
         "--heartbeat", type=float, default=_WORKER.heartbeat, help=f"seconds (default {_WORKER.heartbeat:g})"
     )
     p.add_argument(
@@ -86,6 +93,7 @@ def worker_command(args: argparse.Namespace) -> int:
         settings=_settings(args, cfg),
         dtype=args.dtype,
         download=args.download,
+        threads=_threads(args.threads),
         step_delay=_number(args.test_step_delay, "--test-step-delay", low=0.0),
     )
     redis = redis_settings(args, cfg.memory.redis)
@@ -154,6 +162,12 @@ def _settings(args: argparse.Namespace, cfg: FlashliveConfig) -> WorkerSettings:
         return WorkerSettings(**options)
     except ValueError as exc:  # the limits WorkerSettings adds to the config's (e.g. concurrency)
         raise CommandError(str(exc)) from None
+
+
+def _threads(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 1024:
+        raise CommandError(f"--threads: 1 to 1024, not {value}")
+    return value
 
 
 def _number(value: float, flag: str, *, low: float, high: float = 86_400.0) -> float:
