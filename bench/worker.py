@@ -470,8 +470,10 @@ def worker_procs(
             proc.wait(30)
 
 
-async def bench_alerts(url: str, log_dir: Path, clips: int, interval: float) -> dict[str, Any]:
-    prefix = "alerts"
+async def bench_alerts(
+    url: str, log_dir: Path, clips: int, interval: float, threads: int | None = None
+) -> dict[str, Any]:
+    prefix = f"alerts{threads or 0}"
     memory = VideoMemory.from_url(url, prefix=prefix)
     log = EventLog(memory.client, prefix=prefix)
     try:
@@ -483,7 +485,7 @@ async def bench_alerts(url: str, log_dir: Path, clips: int, interval: float) -> 
         )
         ticks = TickScheduler(memory.client, prefix=prefix)
         seen: list[tuple[float, float]] = []
-        with worker_procs(url, prefix, log_dir, ["alerts-w"], 1):
+        with worker_procs(url, prefix, log_dir, [f"{prefix}-w"], 1, threads):
             while (await ticks.lag("cam")).evaluated_end != t0 + 8:  # the first tick: warmed up
                 await asyncio.sleep(0.05)
             events = await log.read("cam")
@@ -511,6 +513,7 @@ async def bench_alerts(url: str, log_dir: Path, clips: int, interval: float) -> 
             "interval_s": interval,
             "append_to_event_read": spread([a for a, _ in seen]),
             "append_to_event_written": spread([w for _, w in seen]),
+            "threads": threads or "default",
             "note": "the worker looks for new ticks every watch_poll = 0.5 s when idle (WorkerSettings)",
         }
     finally:
@@ -594,6 +597,9 @@ def bench_service(args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
             if "alerts" not in skip:
                 report["alerts"] = await bench_alerts(
                     server.url, Path(tmp), args.alert_clips, args.alert_interval
+                )
+                report["alerts_1_thread"] = await bench_alerts(
+                    server.url, Path(tmp), args.alert_clips, args.alert_interval, threads=1
                 )
             if "throughput" not in skip:
                 report["throughput"] = await bench_throughput(
