@@ -484,3 +484,14 @@ async def test_a_real_worker_serves_again_after_redis_restarts(tmp_path: Path) -
                 assert code == 0 and out.strip(), err
         finally:
             await memory.close()
+
+
+def test_ask_without_a_redis_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLASHLIVE_REDIS_URL"}
+    reply = subprocess.run(
+        [sys.executable, "-m", "flashlive", "ask", "cam", "q", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert reply.returncode == 2 and reply.stdout == ""
+    assert "no Redis to send the question to: give --redis URL" in reply.stderr
+    assert len(reply.stderr.splitlines()) == 1
