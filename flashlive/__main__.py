@@ -1,3 +1,3 @@
-from flashlive.cli import main
+from flashlive.cli import run
 
-raise SystemExit(main())
+run()

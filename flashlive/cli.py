@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from flashlive import __version__
 from flashlive.errors import CommandError
@@ -31,6 +33,15 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`flashlive ingest: error: argument --fps: ...`) and exit
+    status 2: the usage block it prints by default buries the one thing that is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -39,10 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"Redis server URL (default: ${REDIS_URL_ENV}, else an embedded server)",
     )
-    common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
-    parser = argparse.ArgumentParser(
-        prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None
+    common.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR",
     )
+    parser = Parser(prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -50,9 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_leave_at_once = False  # set by main() for commands that opt in (`fast_exit`), read by run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _leave_at_once
     parser = build_parser()
     args = parser.parse_args(argv)
+    _leave_at_once = bool(getattr(args, "fast_exit", False))
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -65,3 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return int(result or 0)
+
+
+def run() -> NoReturn:
+    """The `flashlive` entry point: `main()`, then exit. Commands that load torch and have closed all
+    they opened by the time they return (ingest: Redis, leases, servers) set `fast_exit`: they leave
+    with os._exit, skipping the interpreter's teardown, which spends about a second freeing torch and
+    would make a Ctrl-C take longer than the 2 s it may take."""
+    code = main()
+    if not _leave_at_once:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -121,6 +121,72 @@ class ConfigError(ValueError):
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
+# A config is a page of settings. These bounds keep a hostile file (an alias bomb, /dev/zero, a
+# thousand nested brackets) from costing more than a moment: the file is read up to MAX_CONFIG_BYTES,
+# and its YAML may use MAX_ALIASES aliases, nest MAX_DEPTH deep and hold MAX_NODES values once its
+# aliases are expanded (the expansion is counted, never performed, before anything walks the data).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 64
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a budget on aliases and nesting (PyYAML itself has none)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _TooBig(mark.line + 1, f"more than {MAX_ALIASES} aliases (*name); write the values out")
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _TooBig(mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _TooBig(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds once its aliases are expanded, counted per distinct node
+    (an alias is the same node object again), so a bomb is measured, not built."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        known = sizes.get(id(n))
+        if known is not None:
+            return known
+        if id(n) in open_:
+            raise _TooBig(n.start_mark.line + 1, "an alias refers to a value that contains it")
+        open_.add(id(n))
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total += sum(size(v) for v in n.value)
+        total = min(total, MAX_NODES + 1)
+        sizes[id(n)] = total
+        open_.discard(id(n))
+        return total
+
+    return size(root)
+
 
 def _dotted(path: Path_) -> str:
     return ".".join(str(p) for p in path)
@@ -128,15 +194,21 @@ def _dotted(path: Path_) -> str:
 
 def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML; returns the data and the 1-based line of every key and item, by path."""
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
+        if _expanded_size(node) > MAX_NODES:
+            raise _TooBig(None, f"more than {MAX_NODES} values once its aliases are expanded")
         lines: dict[Path_, int] = {}
         problems: list[Problem] = []
+        walked: set[int] = set()
 
         def walk(n: yaml.Node, path: Path_) -> None:
+            if id(n) in walked:  # an alias of a node already walked: its lines are those of the anchor
+                return
+            walked.add(id(n))
             if isinstance(n, yaml.MappingNode):
                 seen: dict[object, int] = {}
                 for key_node, value_node in n.value:
@@ -166,6 +238,10 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
         if problems:
             raise ConfigError(source, problems)
         data = loader.construct_document(node)
+    except _TooBig as exc:
+        raise ConfigError(source, [Problem(exc.line, "", f"too large: {exc.message}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [Problem(None, "", "too large: nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -277,12 +353,33 @@ def problems_of(exc: ValidationError, lines: Mapping[Path_, int]) -> list[Proble
     return problems
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> FlashliveConfig:
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file, read up to MAX_CONFIG_BYTES (a device like /dev/zero is never read
+    to its end); ConfigError for a missing, unreadable, oversized or non-text file."""
     path = Path(path)
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(str(path), [Problem(None, "", message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(str(path), [Problem(None, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [Problem(None, "", f"cannot read: {exc}")]) from None
-    return parse_config(text, source=str(path), env=env)
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a directory, not a config file") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise fail(f"too large: a config file has at most {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in text:
+        raise fail("not a text file (it holds NUL bytes)")
+    return text
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> FlashliveConfig:
+    return parse_config(read_config_text(path), source=str(path), env=env)

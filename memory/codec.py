@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class EncodedClip:
     tokens: bytes  # all but the last TAIL_BYTES
     tail: bytes  # the last TAIL_BYTES of the token bytes (or all of them when shorter)
     thumbnail: bytes
+    digest: str  # what the clip shows (Clip.digest, else a hash of tokens and thumbnail)
 
     @property
     def id(self) -> str:
@@ -84,6 +86,9 @@ def encode_clip(clip: Clip) -> EncodedClip:
     thumbnail = bytes(clip.thumbnail)
     if len(raw) + len(thumbnail) > MAX_CLIP_BYTES:
         raise InvalidClipError(f"{where}: {len(raw) + len(thumbnail)} bytes is more than one clip may hold")
+    digest = clip.digest or content_digest(raw, thumbnail)
+    if not isinstance(digest, str) or len(digest) > 128:
+        raise InvalidClipError(f"{where}: digest must be a string of at most 128 characters")
     extra = clip.extra or {}
     if not isinstance(extra, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
@@ -102,7 +107,16 @@ def encode_clip(clip: Clip) -> EncodedClip:
         tokens=raw[: max(0, len(raw) - TAIL_BYTES)],
         tail=raw[max(0, len(raw) - TAIL_BYTES) :],
         thumbnail=thumbnail,
+        digest=digest,
     )
+
+
+def content_digest(*parts: bytes) -> str:
+    """A short hash of a clip's content: ingest hashes the sampled frames, the memory tokens + thumbnail."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def _text(fields: dict[bytes, bytes], key: bytes) -> str:
@@ -127,6 +141,7 @@ def decode_info(stream: str, entry_id: bytes | str, raw: dict[bytes, bytes]) -> 
             wall_start=float(_text(raw, b"w")),
             extra=json.loads(extra_text) if extra_text else {},
             token_dtype=_text(raw, b"dt"),
+            digest=raw[b"h"].decode() if b"h" in raw else "",
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptEntryError(f"stream {stream!r} entry {eid}: bad fields ({exc!r})") from None

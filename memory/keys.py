@@ -40,8 +40,12 @@ class StreamKeys:
     def meta(self) -> str:  # Hash: encoder, source, state, counters
         return f"{self.prefix}:{{{self.name}}}:meta"
 
+    @property
+    def lease(self) -> str:  # String with a TTL: the token of the one ingest writing the stream
+        return f"{self.prefix}:{{{self.name}}}:lease"
+
     def all(self) -> list[str]:
-        return [self.clips, self.tokens, self.thumbs, self.meta]
+        return [self.clips, self.tokens, self.thumbs, self.meta, self.lease]
 
 
 def streams_key(prefix: str) -> str:

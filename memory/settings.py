@@ -157,3 +157,11 @@ class MemorySettings(_Settings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings, title="Redis")
     retention: Retention = Field(default_factory=Retention, title="Retention per stream")
+    buffer_clips: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        title="Clips held while Redis is away",
+        description="Live streams, per process (~130 KB a clip): the oldest is dropped, and counted, "
+        "when it is full; backfills wait instead",
+    )

@@ -2,7 +2,15 @@
 
 One instance per process is enough; it is safe to share between tasks of one event loop. Several
 processes may use the same Redis at once: every append (and its retention accounting) is one Lua
-script, so concurrent writers keep the counters exact.
+script, so concurrent writers keep the counters exact, and a stream's write lease (memory/leases.py)
+keeps two ingests from interleaving one stream.
+
+What happens to a clip (docs/ingest-guarantees.md): `append` returns STORED or DUPLICATE once Redis
+has it, raises a named error (memory/errors.py) when Redis refuses it for good, and otherwise either
+waits for Redis (`wait_s`: backfill, nothing is ever dropped) or returns BUFFERED (live: a bounded local
+buffer, written in order once Redis is back; its oldest clip is dropped, and counted, when it is full).
+A buffered clip's final fate goes to the listeners (`add_listener`), and every loss is counted in the
+stream's meta hash (`lost`, `lost:<reason>`), so any process can see it.
 """
 
 from __future__ import annotations
@@ -10,30 +18,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flashlive.memory.codec import EncodedClip, decode_info, decode_tokens, encode_clip, entry_tail, to_clip
 from flashlive.memory.errors import (
+    ClipConflictError,
     CorruptEntryError,
     EmptyStreamError,
     EncoderMismatchError,
     InvalidRequestError,
+    LeaseLostError,
+    MemoryFullError,
     MemoryStoreError,
     MemoryUnavailableError,
     OutOfOrderClipError,
+    PersistenceError,
     RangeOutsideMemoryError,
+    RedisRefusedError,
+    SourceMismatchError,
+    StreamLockedError,
     UnknownStreamError,
 )
 from flashlive.memory.keys import (
@@ -46,22 +61,37 @@ from flashlive.memory.keys import (
     range_ids,
     streams_key,
 )
+from flashlive.memory.leases import Lease, holder_of, new_token
 from flashlive.memory.redact import redact
+from flashlive.memory.refusals import CONNECTION_ERRORS, error_code, refusal
 from flashlive.memory.sampling import check_budget, check_recent, recent_indices
-from flashlive.memory.scripts import APPEND, WINDOW_IDS
+from flashlive.memory.scripts import ACQUIRE, APPEND, RELEASE, RENEW, REPORT_ALLOW_OOM, WINDOW_IDS
 from flashlive.memory.settings import RedisSettings, Retention
 from flashlive.memory.types import Clip, ClipInfo, IngestCounters, StreamState, StreamStats, StreamStatus
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-# meta fields the memory writes itself (the append script, or set_state's own arguments)
+__all__ = ["CONNECTION_ERRORS", "AppendStatus", "ClipOutcome", "Lease", "VideoMemory", "make_client"]
+
+# meta fields the memory writes itself (the scripts, or set_state's own arguments); `lost:<reason>` too
 RESERVED_META = frozenset(
     {"encoder_id", "bytes", "last_start", "last_end", "last_id", "updated", "created", "trimmed_clips",
      "trimmed_bytes", "dropped", "duplicates", "retention_ms", "max_bytes", "state", "state_since",
-     "reported", "source", "error", "metrics"}
+     "reported", "source", "error", "metrics", "writer", "source_id", "source_origin", "lost"}
 )  # fmt: skip
+LOSS_PREFIX = "lost:"
 FETCH_CHUNK = 256  # token blobs per HMGET: bounds the size of one reply
+UNCONFIRMED_MAX = 256  # acknowledged clips kept for a re-check after Redis went away (see `_acked`)
+# the one type each key of a stream must have (a WRONGTYPE refusal names the key that differs)
+KEY_TYPES = {"clips": "stream", "tokens": "hash", "thumbs": "hash", "meta": "hash", "lease": "string"}
+
+# Why a clip was lost (the meta's `lost:<reason>` counters; ingest adds its own: backpressure, encoder,
+# interrupted). The memory's: its buffer was full while Redis was away; Redis refused it for good;
+# it was still buffered when the process closed the memory; Redis lost it after acknowledging it.
+BUFFER_FULL, REFUSED, SHUTDOWN, LOST_BY_REDIS = "buffer_full", "refused", "shutdown", "lost_by_redis"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 _Entry = tuple[ClipInfo, bytes]  # a stream entry decoded, with the token tail it carries
@@ -80,8 +110,28 @@ def _decode_entries(keys: StreamKeys, entries: list[Any]) -> list[_Entry]:
 
 class AppendStatus(enum.StrEnum):
     STORED = "stored"
-    DUPLICATE = "duplicate"  # this clip (same id, same end) was already stored: nothing written
+    DUPLICATE = "duplicate"  # this clip (same id, same end, same content) was already stored: nothing written
     BUFFERED = "buffered"  # Redis unreachable: held locally, written in order after reconnect
+    LOST = "lost"  # (outcomes only) a buffered or acknowledged clip that will never be in memory
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    """What became of a clip after `append` returned: a buffered clip written (STORED, DUPLICATE) or
+    lost, or a clip Redis had acknowledged (`previous` STORED) and then lost. Sent to the listeners."""
+
+    stream: str
+    start: float
+    status: AppendStatus
+    previous: AppendStatus = AppendStatus.BUFFERED
+    reason: str = ""  # why it was lost (BUFFER_FULL, REFUSED, SHUTDOWN, LOST_BY_REDIS)
+    error: str = ""  # the refusal, when Redis refused it
+    fatal: bool = False  # Redis refuses this stream's clips for good: its ingest should stop
+
+
+OutcomeListener = Callable[[ClipOutcome], None]
+# refusals that mean the stream cannot be written any more (rather than this one clip)
+FATAL = (EncoderMismatchError, OutOfOrderClipError, LeaseLostError, StreamLockedError, RedisRefusedError)
 
 
 def _s(value: bytes | str | None) -> str:
@@ -104,16 +154,57 @@ def make_client(settings: RedisSettings) -> aioredis.Redis:
     )
 
 
+def _where(client: aioredis.Redis) -> str:
+    """The server a client talks to, for messages (no credentials)."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
 def check_encoder_id(encoder_id: object) -> None:
     """Token reads must name the encoder that will use them, so the guard can refuse a mismatch."""
     if not isinstance(encoder_id, str) or not encoder_id:
         raise InvalidRequestError("encoder_id is required to read tokens (the encoder that will use them)")
 
 
+def _named(
+    verb: str,
+) -> Callable[
+    [Callable[Concatenate[VideoMemory, P], Awaitable[R]]], Callable[Concatenate[VideoMemory, P], Awaitable[R]]
+]:
+    """Turn redis-py's exceptions in a method into the memory's named errors (memory/refusals.py)."""
+
+    def wrap(
+        fn: Callable[Concatenate[VideoMemory, P], Awaitable[R]],
+    ) -> Callable[Concatenate[VideoMemory, P], Awaitable[R]]:
+        @functools.wraps(fn)
+        async def named(self: VideoMemory, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(self, *args, **kwargs)
+            except MemoryStoreError:
+                raise
+            except (RedisError, OSError) as exc:
+                stream = args[0] if args and isinstance(args[0], str) else None
+                what = f"{verb} of stream {stream!r}" if stream else verb
+                keys = StreamKeys(self.prefix, stream) if stream else None
+                raise await self._refusal(exc, what, keys) from exc
+
+        return named
+
+    return wrap
+
+
 class VideoMemory:
     """Async access to the memory. Build it with `VideoMemory.from_settings(RedisSettings)` (or
     `from_url(url)`, or `VideoMemory(client)`); `retention` applies to this instance's appends and
-    defaults to keeping everything, as the config does."""
+    defaults to keeping everything, as the config does.
+
+    `buffer_size`: clips held locally while Redis is away (live appends; ~68 MB at 512 clips of 64x1024
+    fp16). `confirm_s`: how long an acknowledged clip is kept to be checked again after Redis went away
+    or could not persist (a Redis with `appendfsync everysec` may lose up to a second of what it
+    acknowledged when its machine or disk fails); 0 turns the check off.
+    """
 
     def __init__(
         self,
@@ -124,7 +215,9 @@ class VideoMemory:
         buffer_size: int = 512,
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
+        confirm_s: float = 2.0,
         owns_client: bool = False,
+        where: str | None = None,
     ) -> None:
         if buffer_size < 1:
             raise InvalidRequestError(f"buffer_size must be >= 1, not {buffer_size}")
@@ -134,19 +227,31 @@ class VideoMemory:
         self.buffer_size = buffer_size
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.confirm_s = confirm_s
+        self.where = where or _where(client)
         self._owns_client = owns_client
         self._append_script = client.register_script(APPEND)
         self._window_script = client.register_script(WINDOW_IDS)
+        self._acquire_script = client.register_script(ACQUIRE)
+        self._renew_script = client.register_script(RENEW)
+        self._release_script = client.register_script(RELEASE)
+        self._report_oom_script = client.register_script(REPORT_ALLOW_OOM)
         self._lock = asyncio.Lock()
         self._pending: deque[EncodedClip] = deque()
+        self._writing: EncodedClip | None = None  # the buffered clip being written now (never dropped)
         self._flusher: asyncio.Task[None] | None = None
-        self._unrecorded_drops: Counter[str] = Counter()
+        self._unconfirmed: deque[tuple[float, EncodedClip]] = deque()  # (acknowledged at, clip)
+        self._recheck: deque[EncodedClip] = deque()  # acknowledged clips to check once Redis is back
+        self._unrecorded: dict[str, Counter[str]] = {}  # losses not yet counted in the meta hash
+        self._listeners: list[OutcomeListener] = []
+        self._leases: dict[str, Lease] = {}
         self.dropped = 0  # clips lost to buffer overflow by this instance
-        self.rejected = 0  # buffered clips Redis refused on replay (out of order, encoder)
+        self.rejected = 0  # buffered clips Redis refused on replay
 
     @classmethod
     def from_settings(cls, settings: RedisSettings, **kwargs: Any) -> VideoMemory:
         """A memory on `settings.url` with `settings.prefix` (the embedded server: `open_memory`)."""
+        kwargs.setdefault("where", redact(settings.where()))
         return cls(make_client(settings), prefix=settings.prefix, owns_client=True, **kwargs)
 
     @classmethod
@@ -161,118 +266,437 @@ class VideoMemory:
         """Clips held locally, waiting for Redis to come back."""
         return len(self._pending)
 
+    def buffered(self, stream: str) -> int:
+        return sum(1 for p in self._pending if p.stream == stream)
+
+    def add_listener(self, listener: OutcomeListener) -> None:
+        """Call `listener(ClipOutcome)` with the final fate of every clip `append` returned BUFFERED for,
+        and of acknowledged clips Redis lost (found when it comes back)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: OutcomeListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _notify(self, outcome: ClipOutcome) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("an outcome listener failed")
+
+    async def _refusal(self, exc: BaseException, what: str, keys: StreamKeys | None) -> MemoryStoreError:
+        detail = ""
+        if keys is not None and error_code(exc) == "WRONGTYPE":
+            detail = await self._wrong_types(keys)
+        return refusal(exc, what=what, where=self.where, detail=detail)
+
+    async def _wrong_types(self, keys: StreamKeys) -> str:
+        """Which of the stream's keys holds another type than the layout's (best effort)."""
+        found = []
+        with contextlib.suppress(RedisError, OSError):
+            for name, want in KEY_TYPES.items():
+                key = getattr(keys, name)
+                have = _s(await self.client.type(key))
+                if have not in ("none", want):
+                    found.append(f"{key} is a {have}, not a {want}")
+        return "; ".join(found)
+
+    # -- the write lease -------------------------------------------------------------------------
+
+    async def acquire(
+        self, stream: str, *, source: str, ttl_s: float, new_source: bool = False, holder: str | None = None
+    ) -> Lease:
+        """Take the stream's write lease: from now on only this memory's appends reach the stream.
+
+        `source` identifies what is written (a URL with credentials masked, a file's absolute path): a
+        stream that holds clips of another source is refused (SourceMismatchError) unless `new_source`.
+        Raises StreamLockedError naming the holder when another writer has the stream, and the named
+        Redis errors (unreachable, read-only replica, wrong type, ...). Renewed every ttl/3 until
+        `release`; the append script refuses every other writer's clips meanwhile.
+        """
+        keys = self.keys(stream)
+        if not ttl_s > 0:
+            raise InvalidRequestError(f"the lease ttl must be > 0 s, not {ttl_s}")
+        token = new_token(holder)
+        ttl_ms = max(1000, round(ttl_s * 1000))
+        try:
+            reply = await self._acquire_script(
+                keys=[keys.lease, keys.meta, keys.clips], args=[token, ttl_ms, source, int(new_source)]
+            )
+        except (RedisError, OSError) as exc:
+            raise await self._refusal(exc, f"taking the write lease of stream {stream!r}", keys) from exc
+        status = _s(reply[0])
+        if status == "held":
+            raise StreamLockedError(stream, holder_of(_s(reply[1])), int(reply[2]))
+        if status == "source":
+            raise SourceMismatchError(stream, _s(reply[1]), source)
+        if status != "ok":
+            raise RedisRefusedError(f"unexpected reply {reply!r} from the lease script of stream {stream!r}")
+        previous = _s(reply[2])
+        lease = Lease(
+            stream, token, ttl_ms, source, origin=float(_s(reply[1]) or 0),
+            previous_source=previous if previous != source else "",
+        )  # fmt: skip
+        old = self._leases.pop(stream, None)
+        if old is not None:
+            await old.stop()
+        self._leases[stream] = lease
+        lease.task = asyncio.get_running_loop().create_task(self._keep(lease), name=f"lease-{stream}")
+        return lease
+
+    async def _keep(self, lease: Lease) -> None:
+        keys = StreamKeys(self.prefix, lease.stream)
+        while True:
+            await asyncio.sleep(lease.renew_every_s)
+            try:
+                held = await self._renew_script(
+                    keys=[keys.lease, keys.meta], args=[lease.token, lease.ttl_ms]
+                )
+            except (RedisError, OSError) as exc:  # the append script takes it back if nobody else did
+                log.debug("cannot renew the lease of %r (%s); retrying", lease.stream, exc)
+                continue
+            if not int(held):
+                lease.lost = f"stream {lease.stream!r} was taken over by another writer"
+                log.error("%s: this writer's appends will be refused", lease.lost)
+                return
+
+    async def release(self, stream: str) -> None:
+        """Let go of the stream's lease (after its clips are flushed: `flush(stream=...)`)."""
+        lease = self._leases.pop(stream, None)
+        if lease is None:
+            return
+        await lease.stop()
+        keys = StreamKeys(self.prefix, stream)
+        try:
+            await self._release_script(keys=[keys.lease], args=[lease.token])
+        except (RedisError, OSError) as exc:  # it expires by itself
+            log.warning("could not release the lease of %r (%s); it expires in %d s", stream, exc,
+                        lease.ttl_ms // 1000)  # fmt: skip
+
+    def lease(self, stream: str) -> Lease | None:
+        return self._leases.get(stream)
+
+    @_named("checking the write lease")
+    async def holds(self, stream: str) -> bool:
+        """This memory still holds the stream's lease (or could take it back: nobody took it since)."""
+        lease = self._leases.get(stream)
+        if lease is None:
+            return False
+        keys = self.keys(stream)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(keys.lease)
+            pipe.hget(keys.meta, "writer")
+            held, writer = await pipe.execute()
+        token = lease.token.encode()
+        return held == token or (held is None and writer == token)
+
     # -- writing ---------------------------------------------------------------------------------
 
-    async def append(self, clip: Clip) -> AppendStatus:
-        """Store one clip. Never raises for a lost connection: the clip is buffered and retried in order.
+    async def append(self, clip: Clip, *, wait_s: float | None = None) -> AppendStatus:
+        """Store one clip; returns STORED or DUPLICATE (same id, end and content already stored).
 
-        Raises InvalidClipError (bad clip), EncoderMismatchError (the stream holds another encoder's
-        tokens) or OutOfOrderClipError (does not start after the stream's newest clip).
+        Live (`wait_s=None`): never waits for Redis. When it is unreachable or refuses for a while (out
+        of memory, cannot persist), the clip is buffered (BUFFERED; its fate goes to the listeners) and
+        written in order later; a full buffer drops its oldest clip, counted in the meta.
+        Backfill (`wait_s=S`): waits for Redis, retrying, until the clip is stored; after S seconds
+        without success raises the error that kept it out (MemoryUnavailableError, MemoryFullError, ...).
+        Nothing is dropped.
+
+        Raises InvalidClipError (bad clip), EncoderMismatchError (another encoder's stream),
+        OutOfOrderClipError (not after the stream's newest clip), ClipConflictError (another clip at
+        this time), StreamLockedError / LeaseLostError (another writer holds the stream), and the named
+        refusals (ReadOnlyError, WrongTypeError, ...).
         """
         enc = encode_clip(clip)
+        if wait_s is not None:
+            return await self._append_waiting(enc, wait_s)
         if self._pending:
             return self._buffer(enc)
         async with self._lock:
             if self._pending:  # a flush started while we waited
                 return self._buffer(enc)
             try:
-                return await self._write(enc)
-            except CONNECTION_ERRORS as exc:
-                log.warning("redis unreachable (%s): buffering clips of %r", exc, enc.stream)
+                await self._recheck_acknowledged()
+                status = await self._write(enc)
+            except MemoryStoreError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("%s; buffering clips of %r", exc, enc.stream)
+                self._suspect(exc)
                 return self._buffer(enc)
+            self._acked(enc)
+            return status
 
-    async def _write(self, enc: EncodedClip) -> AppendStatus:
+    async def _append_waiting(self, enc: EncodedClip, wait_s: float) -> AppendStatus:
+        deadline = time.monotonic() + wait_s
+        delay = self.retry_initial
+        last: MemoryStoreError = MemoryUnavailableError(f"clips of {enc.stream!r} are still buffered")
+        warned = False
+        while True:
+            if not any(p.stream == enc.stream for p in self._pending):
+                async with self._lock:
+                    try:
+                        await self._recheck_acknowledged()
+                        status = await self._write(enc)
+                    except MemoryStoreError as exc:
+                        if not exc.transient:
+                            raise
+                        self._suspect(exc)
+                        last = exc
+                    else:
+                        self._acked(enc)
+                        return status
+            if not warned:
+                log.warning("%s; waiting up to %g s", last, wait_s)
+                warned = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise type(last)(f"{last} (waited {wait_s:g} s; no clip was dropped)")
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, self.retry_max)
+
+    async def _write(self, enc: EncodedClip, *, recheck: bool = False) -> AppendStatus:
         keys = StreamKeys(self.prefix, enc.stream)
+        lease = self._leases.get(enc.stream)
         retention_ms, max_bytes = self.retention.script_args
         args: list[Any] = [
             enc.id_ms, enc.stream, enc.start, enc.end, enc.frames, enc.encoder_id, "float16", enc.shape,
             enc.wall_start, enc.extra, enc.tokens, enc.thumbnail, retention_ms, max_bytes, repr(time.time()),
-            enc.tail,
+            enc.tail, enc.digest, lease.token if lease else "", lease.ttl_ms if lease else 0, int(recheck),
         ]  # fmt: skip
+        what = f"storing the clip of stream {enc.stream!r} at {float(enc.start):g} s"
         try:
             reply = await self._append_script(
-                keys=[keys.clips, keys.tokens, keys.thumbs, keys.meta, streams_key(self.prefix)], args=args
+                keys=[keys.clips, keys.tokens, keys.thumbs, keys.meta, streams_key(self.prefix), keys.lease],
+                args=args,
             )
-        except CONNECTION_ERRORS:
-            raise
-        except RedisError as exc:
-            raise MemoryStoreError(f"redis refused the clip of {enc.stream!r} at {enc.start}: {exc}") from exc
-        status, detail = _s(reply[0]), _s(reply[1])
+        except (RedisError, OSError) as exc:
+            raise await self._refusal(exc, what, keys) from exc
+        status, detail = _s(reply[0]), _s(reply[1]) if len(reply) > 1 else ""
         if status == "stored":
             return AppendStatus.STORED
         if status == "duplicate":
             return AppendStatus.DUPLICATE
         if status == "encoder":
             raise EncoderMismatchError(enc.stream, detail, enc.encoder_id)
-        newest = detail.split("-", 1)[0]
         if status == "conflict":
-            raise OutOfOrderClipError(
-                f"stream {enc.stream!r} already holds a different clip at {enc.start} s (id {enc.id})"
+            raise ClipConflictError(
+                f"stream {enc.stream!r} already holds a different clip at {float(enc.start):g} s "
+                f"(id {enc.id}): another video was ingested under this name; use another name, or delete "
+                "the stream"
             )
-        raise OutOfOrderClipError(
-            f"clip of stream {enc.stream!r} starts at {enc.start} s, not after the newest clip "
-            f"({int(newest) / 1000 if newest.isdigit() else newest} s): clips must be appended in time order"
-        )
+        if status == "order":
+            newest = detail.split("-", 1)[0]
+            at = f"{int(newest) / 1000:g} s" if newest.isdigit() else detail
+            raise OutOfOrderClipError(
+                f"clip of stream {enc.stream!r} starts at {float(enc.start):g} s, not after the newest "
+                f"clip ({at}): clips must be appended in time order"
+            )
+        if status == "lease":
+            raise StreamLockedError(
+                enc.stream, holder_of(detail), int(_s(reply[2])) if len(reply) > 2 else None
+            )
+        if status == "lost":
+            raise LeaseLostError(
+                f"stream {enc.stream!r} was taken over by {holder_of(detail)} while this writer could not "
+                "reach Redis: this writer stops, so the two never interleave"
+            )
+        raise RedisRefusedError(f"Redis at {self.where} gave an unexpected reply {reply!r} while {what}")
 
     def _buffer(self, enc: EncodedClip) -> AppendStatus:
         if len(self._pending) >= self.buffer_size:
-            lost = self._pending.popleft()
+            # never the clip being written right now: it may be in Redis already
+            index = 1 if self._pending[0] is self._writing and len(self._pending) > 1 else 0
+            lost = self._pending[index]
+            del self._pending[index]
             self.dropped += 1
-            self._unrecorded_drops[lost.stream] += 1
             log.error(
-                "append buffer full (%d): dropped the clip of %r at %s",
+                "append buffer full (%d clips): dropped the clip of %r at %s s",
                 self.buffer_size,
                 lost.stream,
                 lost.start,
             )
+            self._lose(lost, BUFFER_FULL)
         self._pending.append(enc)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="memory-flush")
         return AppendStatus.BUFFERED
 
+    def _lose(
+        self,
+        enc: EncodedClip,
+        reason: str,
+        *,
+        error: str = "",
+        fatal: bool = False,
+        previous: AppendStatus = AppendStatus.BUFFERED,
+    ) -> None:
+        self._count_loss(enc.stream, reason)
+        self._notify(
+            ClipOutcome(enc.stream, float(enc.start), AppendStatus.LOST, previous, reason, error, fatal)
+        )
+
+    def _count_loss(self, stream: str, reason: str, count: int = 1) -> None:
+        self._unrecorded.setdefault(stream, Counter())[reason] += count
+
     async def _flush_loop(self) -> None:
         delay = self.retry_initial
         while self._pending:
             head = self._pending[0]
+            status: AppendStatus | None = None
+            failed = False
             async with self._lock:
+                self._writing = head
                 try:
-                    await self._write(head)
-                except CONNECTION_ERRORS as exc:
-                    log.debug("still no redis (%s), retrying in %.2f s", exc, delay)
-                    failed = True
+                    await self._recheck_acknowledged()
+                    status = await self._write(head)
                 except MemoryStoreError as exc:
-                    log.error("dropping a buffered clip Redis refused: %s", exc)
-                    self.rejected += 1
-                    failed = False
-                else:
-                    failed = False
+                    if exc.transient:
+                        log.debug("still cannot store (%s), retrying in %.2f s", exc, delay)
+                        self._suspect(exc)
+                        failed = True
+                    else:
+                        log.error("dropping a buffered clip Redis refused: %s", exc)
+                        self.rejected += 1
+                        self._lose(head, REFUSED, error=str(exc), fatal=isinstance(exc, FATAL))
+                finally:
+                    self._writing = None
                 if not failed:
                     delay = self.retry_initial
-                    if self._pending and self._pending[0] is head:  # overflow may have dropped it already
+                    if self._pending and self._pending[0] is head:
                         self._pending.popleft()
+                    if status is not None:
+                        self._acked(head)
+                        self._notify(ClipOutcome(head.stream, float(head.start), status))
             if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
-        await self._record_drops()
+        await self._record_losses()
         log.info("append buffer flushed")
 
-    async def _record_drops(self) -> None:
-        for stream, count in list(self._unrecorded_drops.items()):
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                keys = StreamKeys(self.prefix, stream)
-                await self.client.hincrby(keys.meta, "dropped", count)
-                self._unrecorded_drops[stream] -= count
-                if self._unrecorded_drops[stream] <= 0:
-                    del self._unrecorded_drops[stream]
+    # -- acknowledged clips, checked again after an outage ---------------------------------------
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every buffered clip is written. False if `timeout` s passed first."""
+    def _acked(self, enc: EncodedClip) -> None:
+        """Keep an acknowledged clip for `confirm_s`: if Redis goes away or cannot persist meanwhile, it
+        may come back without it (a disk that failed, `appendfsync everysec` on a machine that died)."""
+        if self.confirm_s <= 0:
+            return
+        now = time.monotonic()
+        self._unconfirmed.append((now, enc))
+        while self._unconfirmed and (
+            now - self._unconfirmed[0][0] > self.confirm_s or len(self._unconfirmed) > UNCONFIRMED_MAX
+        ):
+            self._unconfirmed.popleft()
+
+    def _suspect(self, exc: MemoryStoreError) -> None:
+        """Redis went away or cannot persist: what it acknowledged lately is checked once it is back."""
+        if not isinstance(exc, MemoryUnavailableError | PersistenceError) or not self._unconfirmed:
+            return
+        now = time.monotonic()
+        self._recheck.extend(enc for t, enc in self._unconfirmed if now - t <= self.confirm_s)
+        self._unconfirmed.clear()
+
+    async def _recheck_acknowledged(self) -> None:
+        """Append the clips to check again (a duplicate then means Redis kept it). Raises the transient
+        errors (Redis still away: check later); a clip that cannot be put back is lost and counted."""
+        while self._recheck:
+            enc = self._recheck[0]
+            try:
+                status = await self._write(enc, recheck=True)
+            except MemoryStoreError as exc:
+                if exc.transient:
+                    raise
+                self._recheck.popleft()
+                log.error("Redis lost the clip of %r at %s s after acknowledging it: %s", enc.stream,
+                          enc.start, exc)  # fmt: skip
+                self._lose(enc, LOST_BY_REDIS, error=str(exc), previous=AppendStatus.STORED)
+                continue
+            self._recheck.popleft()
+            if status == AppendStatus.STORED:
+                log.warning("Redis had lost the clip of %r at %s s after acknowledging it: stored it again",
+                            enc.stream, enc.start)  # fmt: skip
+
+    # -- losses ------------------------------------------------------------------------------------
+
+    async def record_loss(self, stream: str, count: int, reason: str) -> None:
+        """Count `count` clips of `stream` lost by the caller (ingest: backpressure, encoder, ...) in the
+        stream's meta (`lost`, `lost:<reason>`), now or, if Redis is away, with the next state report."""
+        check_stream_name(stream)
+        if count <= 0:
+            return
+        if not reason or not reason.replace("_", "").isalnum():
+            raise InvalidRequestError(f"a loss reason is a short word (letters, digits, _), not {reason!r}")
+        self._count_loss(stream, reason, count)
+        await self._record_losses()
+
+    def unrecorded_losses(self, stream: str) -> int:
+        return sum(self._unrecorded.get(stream, Counter()).values())
+
+    def _loss_fields(self, pipe: Any, stream: str) -> Counter[str] | None:
+        losses = self._unrecorded.get(stream)
+        if not losses:
+            return None
+        meta = StreamKeys(self.prefix, stream).meta
+        for reason, n in losses.items():
+            pipe.hincrby(meta, "lost", n)
+            pipe.hincrby(meta, LOSS_PREFIX + reason, n)
+            if reason == BUFFER_FULL:
+                pipe.hincrby(meta, "dropped", n)  # the field this count had before `lost` existed
+        return Counter(losses)
+
+    def _recorded(self, stream: str, written: Counter[str]) -> None:
+        losses = self._unrecorded.get(stream)
+        if losses is None:
+            return
+        losses.subtract(written)
+        for reason in [r for r, n in losses.items() if n <= 0]:
+            del losses[reason]
+        if not losses:
+            del self._unrecorded[stream]
+
+    async def _record_losses(self) -> None:
+        for stream in list(self._unrecorded):
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    written = self._loss_fields(pipe, stream)
+                    if written is None:
+                        continue
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.debug("cannot count the losses of %r yet (%s)", stream, exc)
+                continue
+            self._recorded(stream, written)
+
+    # -- waiting for and giving up buffered clips --------------------------------------------------
+
+    async def flush(self, timeout: float | None = None, *, stream: str | None = None) -> bool:
+        """Wait until every buffered clip (of `stream`) is written. False if `timeout` s passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pending or (self._flusher is not None and not self._flusher.done()):
+
+        def busy() -> bool:
+            if stream is not None:
+                return any(p.stream == stream for p in self._pending)
+            return bool(self._pending) or (self._flusher is not None and not self._flusher.done())
+
+        while busy():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    def discard(self, stream: str, reason: str = SHUTDOWN) -> int:
+        """Give up the buffered clips of `stream` (counted as lost for `reason`); returns how many."""
+        keep: deque[EncodedClip] = deque()
+        lost = 0
+        for enc in self._pending:
+            if enc.stream == stream and enc is not self._writing:
+                self._lose(enc, reason)
+                lost += 1
+            else:
+                keep.append(enc)
+        self._pending = keep
+        return lost
 
     async def set_state(
         self,
@@ -288,11 +712,13 @@ class VideoMemory:
         """Report a stream's ingest status: its state, since when (unix time; default now), the source
         (stored with credentials masked), the error that made it retry or stop, its metrics, and any
         free-form fields. Ingest calls it on every change and every few seconds; any process reads it
-        back with `status`. Creates the stream's entry if needed.
+        back with `status`. Creates the stream's entry if needed. Losses not yet counted in the meta
+        (`record_loss`, a full buffer) are counted in the same transaction.
 
-        Raises InvalidRequestError for an unknown state or a field the memory keeps itself, and
+        Raises InvalidRequestError for an unknown state or a field the memory keeps itself,
         MemoryUnavailableError when Redis cannot be reached (nothing is buffered: the next report
-        replaces this one).
+        replaces this one), and the named refusals. Out of memory, a final state (stopped, error) is
+        still written by a script allowed to (Redis 7+), so `memory ls` can say why the stream stopped.
         """
         keys = self.keys(stream)
         try:
@@ -300,7 +726,7 @@ class VideoMemory:
         except ValueError:
             names = ", ".join(s.value for s in StreamState)
             raise InvalidRequestError(f"state must be one of {names}, not {state!r}") from None
-        bad = sorted(set(fields) & RESERVED_META)
+        bad = sorted(k for k in fields if k in RESERVED_META or k.startswith(LOSS_PREFIX))
         if bad:
             raise InvalidRequestError(f"meta fields {bad} are kept by the memory itself")
         now = time.time()
@@ -312,17 +738,35 @@ class VideoMemory:
             mapping["error"] = error
         if metrics is not None:
             mapping["metrics"] = metrics.to_json()
+        written: Counter[str] | None = None
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(keys.meta, mapping=mapping)  # type: ignore[arg-type]
                 pipe.hsetnx(keys.meta, "created", repr(now))
                 pipe.sadd(streams_key(self.prefix), stream)
+                written = self._loss_fields(pipe, stream)
                 await pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise MemoryUnavailableError(f"cannot report the state of {stream!r}: {exc}") from exc
-        except RedisError as exc:
-            raise MemoryStoreError(f"redis refused the state of {stream!r}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            named = await self._refusal(exc, f"reporting the state of stream {stream!r}", keys)
+            if isinstance(named, MemoryFullError) and not state.active:
+                await self._report_out_of_memory(keys, mapping, named)
+                return
+            raise named from exc
+        if written is not None:
+            self._recorded(stream, written)
 
+    async def _report_out_of_memory(
+        self, keys: StreamKeys, mapping: dict[str, str], error: MemoryFullError
+    ) -> None:
+        small = {k: v for k, v in mapping.items() if k in ("state", "state_since", "reported", "error")}
+        args = [item for pair in small.items() for item in pair]
+        try:
+            await self._report_oom_script(keys=[keys.meta], args=args)
+        except (RedisError, OSError):
+            raise error from None
+        log.warning("Redis is out of memory: wrote only the final state of %r", keys.name)
+
+    @_named("reading the status")
     async def status(self, stream: str) -> StreamStatus:
         """What ingest last reported about `stream` (`set_state`), from whichever process wrote it.
 
@@ -350,11 +794,12 @@ class VideoMemory:
             metrics=metrics,
         )
 
+    @_named("deleting")
     async def delete(self, stream: str, *, missing_ok: bool = False) -> bool:
         """Remove every key of the stream (and its buffered clips). UnknownStreamError unless `missing_ok`."""
         keys = self.keys(stream)
         self._pending = deque(p for p in self._pending if p.stream != stream)
-        self._unrecorded_drops.pop(stream, None)
+        self._unrecorded.pop(stream, None)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.unlink(*keys.all())
             pipe.srem(streams_key(self.prefix), stream)
@@ -365,27 +810,36 @@ class VideoMemory:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @_named("listing the streams")
     async def streams(self) -> list[str]:
         names = await self.client.smembers(streams_key(self.prefix))
         return sorted(_s(n) for n in names)
 
+    @_named("reading the meta")
     async def meta(self, stream: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys(stream).meta)
         if not raw:
             raise UnknownStreamError(stream)
         return {_s(k): _s(v) for k, v in raw.items()}
 
+    @_named("reading the stats")
     async def stats(self, stream: str) -> StreamStats:
         keys = self.keys(stream)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.meta)
             pipe.xlen(keys.clips)
             pipe.xrange(keys.clips, "-", "+", count=1)
-            raw_meta, clips, first = await pipe.execute()
+            pipe.get(keys.lease)
+            raw_meta, clips, first, lease = await pipe.execute()
         if not raw_meta:
             raise UnknownStreamError(stream)
         meta = {_s(k): _s(v) for k, v in raw_meta.items()}
         first_start = float(_s(first[0][1].get(b"s"))) if first else None
+        unrecorded = self._unrecorded.get(stream, Counter())
+        losses = Counter(
+            {k[len(LOSS_PREFIX) :]: int(v) for k, v in meta.items() if k.startswith(LOSS_PREFIX)}
+        )
+        losses.update(unrecorded)
         return StreamStats(
             stream=stream,
             clips=int(clips),
@@ -394,10 +848,15 @@ class VideoMemory:
             last_end=float(meta["last_end"]) if first and "last_end" in meta else None,
             trimmed_clips=int(meta.get("trimmed_clips", 0)),
             trimmed_bytes=int(meta.get("trimmed_bytes", 0)),
-            dropped=int(meta.get("dropped", 0)) + self._unrecorded_drops.get(stream, 0),
+            dropped=int(meta.get("dropped", 0)) + unrecorded.get(BUFFER_FULL, 0),
             duplicates=int(meta.get("duplicates", 0)),
             encoder_id=meta.get("encoder_id", ""),
             state=meta.get("state", ""),
+            lost=int(meta.get("lost", 0)) + sum(unrecorded.values()),
+            losses=dict(sorted(losses.items())),
+            error=meta.get("error", ""),
+            writer=holder_of(_s(lease)) if lease else "",
+            reported=float(meta.get("reported", 0) or 0),
         )
 
     async def _resolve(
@@ -454,6 +913,7 @@ class VideoMemory:
             f"{first_start} to before {_s(last_end)} s{note}"
         )
 
+    @_named("listing the clips")
     async def list_clips(
         self, stream: str, *, start: float | None = None, end: float | None = None, last: float | None = None
     ) -> list[ClipInfo]:
@@ -471,6 +931,7 @@ class VideoMemory:
             return []
         return _decode_entries(keys, entries)
 
+    @_named("reading a window")
     async def read_window(
         self,
         stream: str,
@@ -588,11 +1049,17 @@ class VideoMemory:
     ) -> AsyncIterator[tuple[list[_Entry], StreamKeys]]:
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
             raise InvalidRequestError(f"batch must be a whole number from 1 to 10000, not {batch!r}")
-        keys, start, end = await self._resolve(stream, start, end, None, None)
+        try:
+            keys, start, end = await self._resolve(stream, start, end, None, None)
+        except (RedisError, OSError) as exc:
+            raise await self._refusal(exc, f"replaying stream {stream!r}", None) from exc
         lo, hi = range_ids(start, end)
         first = True
         while True:
-            entries = await self.client.xrange(keys.clips, lo, hi, count=batch)
+            try:
+                entries = await self.client.xrange(keys.clips, lo, hi, count=batch)
+            except (RedisError, OSError) as exc:
+                raise await self._refusal(exc, f"replaying stream {stream!r}", keys) from exc
             if not entries:
                 error = await self._outside(keys, start, end) if first else None
                 if error is not None:
@@ -612,13 +1079,23 @@ class VideoMemory:
     # -- life cycle ------------------------------------------------------------------------------
 
     async def close(self, flush_timeout: float = 5.0) -> None:
-        """Flush what is buffered (up to `flush_timeout` s), then let go of the connection."""
+        """Flush what is buffered (up to `flush_timeout` s), let go of the leases and the connection.
+        Clips still buffered then are lost: counted, and reported to the listeners."""
         if self._pending and not await self.flush(flush_timeout):
             log.error("closing with %d clips still buffered: they are lost", len(self._pending))
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        self._writing = None
+        for stream in {p.stream for p in self._pending}:
+            self.discard(stream, SHUTDOWN)
+        if self._unrecorded:
+            await self._record_losses()
+        for stream in list(self._leases):
+            await self.release(stream)
+        if self._unrecorded:
+            log.error("could not count these losses in Redis: %s", dict(self._unrecorded))
         if self._owns_client:
             await self.client.aclose()
 

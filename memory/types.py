@@ -14,12 +14,25 @@ import numpy as np
 
 
 class StreamState(enum.StrEnum):
-    """A stream's ingest life cycle: connecting -> live -> (retrying -> connecting -> live)* -> stopped."""
+    """A stream's ingest life cycle: connecting -> live -> (retrying -> connecting -> live)* -> stopped
+    or error.
+
+    `stopped`: the ingest ended and every clip it cut is stored (or was already there); the meta's
+    `error` may still say why it ended early (a backfill interrupted before the end of its file).
+    `error`: the ingest ended because something failed (the source, the memory, the encoder) or it lost
+    clips; `error` in the meta says what, and the meta's `lost` counters say how many.
+    """
 
     CONNECTING = "connecting"
     LIVE = "live"
     RETRYING = "retrying"
     STOPPED = "stopped"
+    ERROR = "error"
+
+    @property
+    def active(self) -> bool:
+        """An ingest is (or should be) writing the stream."""
+        return self in (StreamState.CONNECTING, StreamState.LIVE, StreamState.RETRYING)
 
 
 @dataclass
@@ -39,6 +52,9 @@ class Clip:
     thumbnail: bytes = b""  # small JPEG of one frame of the clip
     wall_start: float = 0.0  # unix time the first frame was captured (0 when unknown)
     extra: dict[str, str] = field(default_factory=dict)
+    # what the clip shows: ingest hashes the sampled frames; empty: the memory hashes tokens + thumbnail.
+    # The same id with the same digest is a duplicate (a retry); with another digest, a conflict.
+    digest: str = ""
 
 
 @dataclass
@@ -57,6 +73,7 @@ class ClipInfo:
     wall_start: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
     token_dtype: str = "float16"
+    digest: str = ""  # see Clip.digest ("" for clips stored before digests existed)
 
 
 @dataclass
@@ -74,6 +91,11 @@ class StreamStats:
     duplicates: int  # appends ignored because that clip was already stored
     encoder_id: str
     state: str  # a StreamState, or "" before ingest reported one
+    lost: int = 0  # clips any writer lost, for any reason (`losses` by reason; includes `dropped`)
+    losses: dict[str, int] = field(default_factory=dict)
+    error: str = ""  # why the stream is in `error` (or why a `stopped` one ended early)
+    writer: str = ""  # who holds the stream's write lease now ("" when no ingest is writing it)
+    reported: float = 0.0  # unix time of the last status report
 
     @property
     def span(self) -> float:
@@ -89,9 +111,16 @@ class IngestCounters:
 
     frames_in: int = 0  # decoded frames seen
     frames_sampled: int = 0
-    clips: int = 0  # clips appended to memory
-    dropped_clips: int = 0  # clips skipped by backpressure
+    # Every clip cut is accounted for: clips_cut = clips + duplicates + dropped_clips + lost_clips
+    # + pending_clips + buffered_clips (the last two are in flight, 0 once the stream has ended).
+    clips_cut: int = 0  # clips the stream cut from its sampled frames
+    clips: int = 0  # clips stored in memory
+    duplicates: int = 0  # clips memory already held (same id, same content): a resumed backfill
+    dropped_clips: int = 0  # live: clips skipped because the encoder fell behind (backpressure)
+    lost_clips: int = 0  # clips lost otherwise: encoder failure, memory buffer full, refused by memory
     pending_clips: int = 0  # complete clips waiting for the encoder
+    buffered_clips: int = 0  # encoded clips waiting in the memory's local buffer for Redis
+    corrupt_s: float = 0.0  # seconds of the source skipped because its data could not be decoded
     lag_s: float = 0.0  # seconds the oldest waiting clip has waited (0 when caught up)
     latency_s: float = 0.0  # last clip: complete -> stored
     sample_fps: float = 0.0  # current sample rate (lower than configured under `lower_fps`)

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-rtsp   # a real RTSP server for the ingest tests
   docker-compose                    # tests validate docker-compose.yml with `docker-compose config`
+  chromium                          # the page's browser tests (Playwright drives it; no browser download)
 )
 
 missing=()

@@ -147,5 +147,6 @@ class Ingest:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
+        """Stop every stream; each stores what it has cut within `settings.stop_timeout_s`."""
         await asyncio.gather(*(self.stop_stream(n) for n in list(self.tasks)), return_exceptions=True)
-        await self.compressor.close(drain=True)
+        await self.compressor.close(drain=True, timeout=self.settings.stop_timeout_s)

@@ -9,9 +9,15 @@ process at once.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from flashlive.memory.types import IngestCounters, StreamState
+
+# Why ingest lost a clip (the memory's own reasons are in memory/store.py: buffer_full, refused, ...).
+BACKPRESSURE = "backpressure"  # live: the encoder fell behind and the oldest waiting clip was dropped
+ENCODER = "encoder"  # encoding its batch failed
+ABANDONED = "abandoned"  # cut, but the stream stopped (memory refused it, or a stop) before it was stored
 
 
 @dataclass(kw_only=True)
@@ -22,6 +28,10 @@ class StreamMetrics(IngestCounters):
     last_error: str = ""
     last_clip_end: float = 0.0  # stream time
     since: float = field(default_factory=time.time)  # unix time of the last state change
+    losses: Counter[str] = field(default_factory=Counter)  # lost and dropped clips, by reason
+    corrupt: list[tuple[float, float]] = field(default_factory=list)  # stream times not decodable
+    # losses ingest found itself (the memory counts its own), not yet handed to the memory's meta
+    _unrecorded: Counter[str] = field(default_factory=Counter, repr=False)
     _last_frame: float = field(default=0.0, repr=False)
     _mean_dt: float = field(default=0.0, repr=False)
 
@@ -30,9 +40,36 @@ class StreamMetrics(IngestCounters):
         if state != self.state:
             self.since = time.time()
         self.state = state
-        if error:
+        if error and state != StreamState.STOPPED:  # a stopped stream's text is a note, not an error
             self.errors += 1
             self.last_error = error
+
+    def lose(self, reason: str, count: int = 1, *, recorded: bool = False) -> None:
+        """`count` clips lost for `reason` ("backpressure" counts as dropped, the rest as lost);
+        `recorded`: the memory has counted them in the stream's meta already."""
+        if count <= 0:
+            return
+        if reason == BACKPRESSURE:
+            self.dropped_clips += count
+        else:
+            self.lost_clips += count
+        self.losses[reason] += count
+        if not recorded:
+            self._unrecorded[reason] += count
+
+    def take_unrecorded(self) -> Counter[str]:
+        """The losses to count in the memory's meta now (and forget here)."""
+        out, self._unrecorded = self._unrecorded, Counter()
+        return out
+
+    @property
+    def loss_summary(self) -> str:
+        """ "3 clips (2 backpressure, 1 encoder)", or "" when nothing was lost."""
+        total = sum(self.losses.values())
+        if not total:
+            return ""
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.losses.items()))
+        return f"{total} clip{'s' if total != 1 else ''} ({reasons})"
 
     def count_frame(self, now: float) -> None:
         """Update the decoded-frame rate: 1 / (exponential average of frame intervals, ~20 frames)."""

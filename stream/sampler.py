@@ -1,10 +1,14 @@
 """Online frame sampling: keep about `fps` frames a second, on a timeline that never goes back.
 
-Sources hand over presentation times that may jump (a camera reconnect restarts pts at 0, a file
-splice, a clock glitch), stall, or come at a variable rate. The sampler maps them onto the stream's own
-timeline (DESIGN §3, `Clip`): live sources anchor to wall-clock unix time, files to media time from 0.
-Between discontinuities the timeline follows pts exactly; at a discontinuity it is re-anchored (live:
-to the wall clock, files: just after the last frame) and never moves backwards.
+Sources hand over presentation times that may jump (a camera reconnect restarts pts at 0, a clock
+glitch), stall, or come at a variable rate. The sampler maps them onto the stream's own timeline
+(DESIGN §3, `Clip`): live sources anchor to wall-clock unix time, files to media time from `origin`
+(0, or just after the stream's last clip when another file continues a stream).
+
+Files keep media time: a forward jump in pts is a gap in the video (a low or variable frame rate, a
+stretch the decoder could not decode) and stays a gap, so stored times match the media. Only pts going
+backwards re-anchors a file just after its last frame (time never goes back). Live sources re-anchor on
+any discontinuity (pts back, or ahead of the wall clock), to the wall clock.
 
 Only kept frames are converted to RGB. Frames keep their native size unless the long side exceeds
 `max_side` (ingest passes `IngestSettings.max_side`), where swscale shrinks them (aspect kept): the
@@ -39,12 +43,12 @@ class SampledFrame:
 class Sampler:
     """Picks frames at `fps` by presentation time. Keep one per stream across reconnects.
 
-    The timeline is `pts + offset`. Files: offset starts at -first pts (media time from 0). Live: a frame
-    cannot have been captured after it was decoded, so offset tracks min(wall - pts) and stream time
-    never runs ahead of the wall clock, even when a server opens with a burst of buffered frames;
-    a frame whose time would go backwards is clamped just after the last one (it will not be sampled).
-    Discontinuities (pts going back, or forward by more than the wall clock allows) re-anchor the
-    offset just after the last frame.
+    The timeline is `pts + offset`. Files: offset starts at origin - first pts (media time from
+    `origin`). Live: a frame cannot have been captured after it was decoded, so offset tracks
+    min(wall - pts) and stream time never runs ahead of the wall clock, even when a server opens with a
+    burst of buffered frames; a frame whose time would go backwards is clamped just after the last one
+    (it will not be sampled). Discontinuities re-anchor the offset just after the last frame: for live
+    sources pts going back or forward by more than the wall clock allows, for files pts going back.
     """
 
     def __init__(
@@ -54,11 +58,13 @@ class Sampler:
         live: bool = True,
         max_side: int | None = None,
         jump_tolerance: float = 2.0,
+        origin: float = 0.0,
     ) -> None:
-        if fps <= 0:
+        if not fps > 0:
             raise ValueError(f"sample rate must be positive, got {fps} fps")
         self._fps = float(fps)
         self.live = live
+        self.origin = origin  # where a file's media time starts on the stream timeline
         self.max_side = max_side
         # how far pts may run ahead of (or behind) the wall clock before it counts as a jump
         self.jump_tolerance = jump_tolerance
@@ -78,7 +84,7 @@ class Sampler:
 
     @fps.setter
     def fps(self, value: float) -> None:
-        if value <= 0:
+        if not value > 0:
             raise ValueError(f"sample rate must be positive, got {value} fps")
         self._fps = float(value)
 
@@ -98,9 +104,9 @@ class Sampler:
         else:
             dpts = pts - self._last_pts
             dwall = wall - self._last_wall
-            # files: any big forward pts jump is a splice, not a pause (backfill decodes faster than
-            # real time, so the wall clock tells nothing there)
-            ahead = dpts > dwall + self.jump_tolerance if self.live else dpts > self.jump_tolerance
+            # files: a forward jump is a gap in the media (backfill decodes faster than real time, so
+            # the wall clock tells nothing there); live: pts ahead of the wall clock is a discontinuity
+            ahead = self.live and dpts > dwall + self.jump_tolerance
             if dpts < 0 or ahead:
                 self._anchor(pts, wall, reason=f"pts jumped by {dpts:+.3f}s")
             else:
@@ -118,9 +124,13 @@ class Sampler:
         self._last_pts, self._last_wall, self._last_time = pts, wall, t
         return t
 
+    def time_of(self, pts: float) -> float | None:
+        """The stream time of a source pts in the current segment (None before the first frame)."""
+        return None if self._offset is None else pts + self._offset
+
     def _anchor(self, pts: float, wall: float, reason: str) -> None:
         if self._last_time is None:
-            start = wall if self.live else 0.0
+            start = wall if self.live else self.origin
         else:
             # never backwards, and leave one frame interval after the last frame
             after = self._last_time + self._frame_step

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 Policy = Literal["lower_fps", "skip", "wait"]
 POLICIES: tuple[str, ...] = get_args(Policy)
+# URL schemes PyAV reads for us (a plain path is a file); `whip` streams are configured with `whip: true`
+SOURCE_SCHEMES = frozenset({"file", "rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "rtp"})
 
 
 class _Settings(BaseModel):
@@ -40,10 +42,13 @@ class SourceOptions(_Settings):
     loop: bool = Field(
         default=False, title="Loop a file", description="Start again at the end (demo sources)"
     )
-    open_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False, title="Connect timeout (s)")
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, allow_inf_nan=False, title="Connect timeout (s)"
+    )
     read_timeout_s: float = Field(
         default=5.0,
         gt=0,
+        le=3600,
         allow_inf_nan=False,
         title="Read timeout (s)",
         description="No packet this long: reconnect",
@@ -65,6 +70,7 @@ class StreamSettings(SourceOptions):
         default=None,
         gt=0,
         le=30,
+        allow_inf_nan=False,
         title="Sample rate",
         description="Frames kept per second (default: ingest.fps)",
     )
@@ -74,6 +80,24 @@ class StreamSettings(SourceOptions):
         description="When encoding falls behind (default: ingest.policy; `wait` for backfilled files)",
     )
     enabled: bool = Field(default=True, title="Enabled")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            raise ValueError("the URL is empty")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else "file"
+        if scheme == "whip" or v.lower() == "whip":
+            raise ValueError("a WHIP stream is configured with `whip: true`, not a URL")
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"unsupported source URL scheme {scheme!r}: use rtsp://, rtsps://, http(s)://, a file path, "
+                "or `whip: true`"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> StreamSettings:
@@ -92,9 +116,11 @@ class StreamSettings(SourceOptions):
 class IngestSettings(_Settings):
     """Defaults for every stream, the encoder batch, and the reconnect schedule."""
 
-    fps: float = Field(default=1.0, gt=0, le=30, title="Default sample rate")
+    fps: float = Field(default=1.0, gt=0, le=30, allow_inf_nan=False, title="Default sample rate")
     policy: Policy = Field(default="lower_fps", title="Default backpressure policy")
-    min_fps: float = Field(default=0.125, gt=0, title="Lowest rate `lower_fps` may reach")
+    min_fps: float = Field(
+        default=0.125, gt=0, le=30, allow_inf_nan=False, title="Lowest rate `lower_fps` may reach"
+    )
     max_pending_clips: int = Field(default=4, ge=1, le=256, title="Clips a stream may queue for the encoder")
     max_side: int | None = Field(
         default=960,
@@ -104,13 +130,45 @@ class IngestSettings(_Settings):
     )
     max_batch: int = Field(default=8, ge=1, le=256, title="Clips per encoder batch")
     thumbnail_width: int = Field(default=160, ge=16, le=1024, title="Thumbnail width (px)")
-    backoff_initial_s: float = Field(default=0.5, gt=0, title="First reconnect delay (s)")
-    backoff_max_s: float = Field(default=10.0, gt=0, title="Longest reconnect delay (s)")
+    backoff_initial_s: float = Field(
+        default=0.5, gt=0, le=3600, allow_inf_nan=False, title="First reconnect delay (s)"
+    )
+    backoff_max_s: float = Field(
+        default=10.0, gt=0, le=3600, allow_inf_nan=False, title="Longest reconnect delay (s)"
+    )
     meta_interval_s: float = Field(
         default=2.0,
         gt=0,
+        le=3600,
+        allow_inf_nan=False,
         title="Status interval (s)",
         description="How often each stream's state and metrics are written to memory",
+    )
+    memory_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        title="How long a backfill waits for Redis (s)",
+        description="Redis unreachable or refusing (out of memory, cannot persist): a backfill pauses, "
+        "dropping nothing, and fails after this long; also how long a stream waits for its write lease "
+        "and for its final report",
+    )
+    lease_ttl_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        allow_inf_nan=False,
+        title="Write lease (s)",
+        description="One ingest writes a stream; a crashed one's lease lapses after this long",
+    )
+    stop_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        title="Stop budget (s)",
+        description="On Ctrl-C or SIGTERM, how long to spend storing the clips already cut",
     )
     whip_listen: str = Field(
         default="127.0.0.1:8090",
@@ -123,4 +181,7 @@ class IngestSettings(_Settings):
     def _backoff(self) -> IngestSettings:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        port = int(self.whip_listen.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"whip_listen: the port must be 1-65535, not {port}")
         return self

@@ -7,9 +7,9 @@ are in helpers.py.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from helpers import require, unique_prefix
@@ -49,6 +49,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
     if pid is not None:
         assert not Path(f"/proc/{pid}").exists(), f"redis-server pid {pid} outlived the test session"
+
+
+@pytest.fixture
+def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    """Starts private redis-servers (a test's own faults: maxmemory, replicas, kills) and stops them at
+    teardown. `redis_factory(**kwargs)` takes RedisServer's keyword arguments."""
+    from flashlive.memory.server import RedisServer, RedisServerError, find_redis_server
+
+    try:
+        binary = find_redis_server()
+    except RedisServerError as exc:
+        require(False, str(exc))
+        raise
+    servers: list[RedisServer] = []
+
+    def make(**kwargs: Any) -> RedisServer:
+        kwargs.setdefault("appendfsync", "always")
+        server = RedisServer(tmp_path_factory.mktemp("redis"), binary=binary, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ class ListMemory:
         self.clips: list[Clip] = []
         self.fail = 0
 
-    async def append(self, clip: Clip) -> None:
+    async def append(self, clip: Clip, *, wait_s: float | None = None) -> None:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("store unavailable")

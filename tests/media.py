@@ -36,10 +36,17 @@ def write_video(
     size: tuple[int, int] = (64, 48),
     codec: str | None = None,
     pts_ms: list[int] | None = None,
+    colour: tuple[int, int, int] | None = None,
+    keyframe_every: int | None = None,
+    garbage_s: tuple[float, float] | None = None,
 ) -> int:
     """Write a test video and return its frame count.
 
     With `pts_ms` the frames get exactly those presentation times (milliseconds): a variable frame rate.
+    `colour`: every frame that solid colour (tells two videos apart in their thumbnails).
+    `garbage_s=(a, b)`: the bytes of the frames shown from a to b seconds are overwritten with random
+    bytes in the file (a corrupt middle: the demuxer still finds the packets, the decoder fails on
+    them); `keyframe_every` frames the decoder can start again from.
     """
     codec = codec or CODECS.get(path.suffix, "libx264")
     width, height = size
@@ -54,16 +61,39 @@ def write_video(
             stream.time_base = Fraction(1, 1000)
         if codec == "libx264":
             stream.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency"}
+            if keyframe_every:
+                stream.codec_context.options |= {"g": str(keyframe_every), "keyint_min": str(keyframe_every)}
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(pattern(i, width, height), format="rgb24")
+            if colour is not None:
+                rgb = np.empty((height, width, 3), np.uint8)
+                rgb[:] = colour
+            else:
+                rgb = pattern(i, width, height)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             if pts_ms is not None:
                 frame.pts = pts_ms[i]
                 frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    if garbage_s is not None:
+        overwrite_frames(path, *garbage_s)
     return n
+
+
+def overwrite_frames(path: Path, start: float, end: float) -> None:
+    """Overwrite, in the file, the bytes of every packet shown from `start` to `end` seconds."""
+    with av.open(str(path)) as container:
+        spans = [
+            (packet.pos, packet.size)
+            for packet in container.demux(video=0)
+            if packet.pts is not None and packet.time_base is not None and packet.pos is not None
+            and start <= float(packet.pts * packet.time_base) < end
+        ]  # fmt: skip
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(5)
+    for pos, size in spans:
+        data[pos : pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
 
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> None:

@@ -140,8 +140,15 @@ def test_bad_inputs_give_one_clear_line(
         ((str(video), "q", "--max-frames", "30"), "max_frames must be a multiple of the 4-frame clip"),
         ((str(video), "q", "--frame-step", "6"), "frame step must be a positive multiple of the 4-frame"),
         ((str(video), "   "), "the question is empty"),
-        ((str(video), "q", "--temperature", "-1"), "temperature must be 0 (greedy) or more"),
-        ((str(video), "q", "--max-new-tokens", "0"), "max_new_tokens must be at least 1"),
+        # the command line's numbers are checked before anything loads (flashlive/commands/validate.py)
+        (
+            (str(video), "q", "--temperature", "-1"),
+            "--temperature: Input should be greater than or equal to 0",
+        ),
+        (
+            (str(video), "q", "--max-new-tokens", "0"),
+            "--max-new-tokens: Input should be greater than or equal to 1",
+        ),
         ((str(video), "why? " * 9000), "does not fit the model's context"),
     ]
     for args, message in cases:

@@ -204,7 +204,7 @@ model:
 def test_ingest_command_line_errors_are_one_plain_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "/videos/a.mp4", "--fps", "0"]) == 2
     err = capsys.readouterr().err
-    assert "the command line: streams.a.fps: Input should be greater than 0" in err
+    assert err == "flashlive ingest: error: --fps: Input should be greater than 0\n"
     assert "pydantic" not in err and "validation error" not in err.lower() and "Traceback" not in err
     assert main(["ingest", "/videos/a.mp4", "--name", "bad name!"]) == 2
     assert "bad name 'bad name!'" in capsys.readouterr().err
@@ -233,3 +233,18 @@ def test_web_and_worker_sections_explain_errors_with_their_lines(
     assert f"{path}:9: web.max_question_chars: Input should be less than or equal to 32000" in err
     cfg = parse_config("web: {token: '${T}', cors_origins: ['*']}\n", env={"T": "abc"})
     assert cfg.web.token_value == "abc" and "abc" not in repr(cfg.web)
+
+
+def test_a_stream_name_taken_from_a_file_name_follows_the_name_rule() -> None:
+    from flashlive.memory.keys import STREAM_NAME
+    from flashlive.stream.sources.av_source import default_name
+
+    cases = {
+        "/videos/vid eo ü.mkv": "vid-eo-u",
+        "/videos/.hidden.mp4": "hidden",
+        "/videos/___.mp4": "stream",
+        "rtsp://cam.local/live/Front Door": "Front-Door",
+        "/videos/" + "a" * 300 + ".mp4": "a" * 128,
+    }
+    for url, name in cases.items():
+        assert default_name(url) == name and STREAM_NAME.match(name), url

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import media
@@ -174,9 +177,9 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
             states.add(healthy.state)
             counts.append(len(await infos(memory, "healthy")))
         for name in ("corrupt", "garbage", "codec"):
-            assert bad[name].state == "stopped", name
+            assert bad[name].state == "error", name
             meta = await memory.meta(name)
-            assert meta["state"] == "stopped" and meta["error"] == bad[name].error
+            assert meta["state"] == "error" and meta["error"] == bad[name].error
         assert "not a playable video" in str(bad["corrupt"].error) and "corrupt.mp4" in str(
             bad["corrupt"].error
         )
@@ -290,3 +293,78 @@ async def test_bad_stream_name_is_refused_before_starting(encoder: ClipEncoder, 
         with pytest.raises(ValueError, match="neither a URL nor a source"):
             ingest.start_stream(StreamSpec("lobby"))
         assert ingest.runners == {}
+
+
+@pytest.fixture
+def silent_rtsp() -> Iterator[str]:
+    """An "RTSP server" that accepts the connection and then never answers: a hung camera."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"rtsp://127.0.0.1:{listener.getsockname()[1]}/cam"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+async def test_a_hung_rtsp_server_is_retried_like_an_unreachable_one(
+    silent_rtsp: str, encoder: ClipEncoder, memory: VideoMemory
+) -> None:
+    # the connect timeout is longer than the read timeout: FFmpeg gives up after the socket timeout
+    # with "invalid data", which once stopped the stream for good
+    spec = StreamSpec(
+        "hung",
+        silent_rtsp,
+        SourceOptions(open_timeout_s=10.0, read_timeout_s=0.5),
+        settings=IngestSettings(backoff_initial_s=0.1, backoff_max_s=0.2),
+    )
+    async with Ingest(encoder, memory) as ingest:
+        runner = ingest.start_stream(spec)
+        deadline = time.monotonic() + 10
+        while runner.metrics.reconnects < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert runner.metrics.reconnects >= 2 and runner.state in ("retrying", "connecting")
+        status = await memory.status("hung")
+        assert status.state in ("retrying", "connecting") and "timed out" in runner.metrics.last_error
+    assert runner.state == "stopped" and runner.ok  # stopped by us, nothing was cut
+
+
+def test_a_whip_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flashlive.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "whip.yaml"
+        cfg.write_text(f"streams:\n  phone: {{whip: true}}\ningest:\n  whip_listen: 127.0.0.1:{port}\n")
+        assert main(["ingest", "--config", str(cfg), "--redis", "redis://127.0.0.1:1/0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"flashlive ingest: error: cannot serve WHIP on 127.0.0.1:{port}: Address already in use "
+        "(another ingest running? set ingest.whip_listen)\n"
+    )
+
+
+async def test_a_compressor_never_takes_an_empty_batch() -> None:
+    from helpers import ColourEncoder, ListMemory
+
+    from flashlive.stream.compressor import Compressor
+
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        Compressor(ColourEncoder(), ListMemory(), settings=IngestSettings.model_construct(max_batch=0))

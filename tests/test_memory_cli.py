@@ -103,7 +103,7 @@ def test_show_json_and_errors(redis_server: RedisServer, filled: str) -> None:
     assert bad.returncode == 2 and "unknown stream 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     bad = flashlive("memory", "show", "lobby", "--start", "30", "--end", "10", "--redis", redis_server.url,
                     "--prefix", filled, check=False)  # fmt: skip
-    assert bad.returncode == 2 and "after end" in bad.stderr
+    assert bad.returncode == 2 and "is after --end" in bad.stderr
     bad = flashlive(
         "memory", "show", "lobby", "--start", "yesterday", "--redis", redis_server.url, check=False
     )

@@ -104,12 +104,18 @@ def test_backward_jump_in_a_file_continues_after_last_frame() -> None:
     assert times[-1] == pytest.approx(9.0, abs=0.15)
 
 
-def test_forward_jump_in_a_file_is_a_splice_not_a_gap() -> None:
+def test_forward_jump_in_a_file_is_a_gap_on_media_time() -> None:
     s = Sampler(1.0, live=False)
     frames = [frame(i / 10, 0.0) for i in range(50)] + [frame(1000 + i / 10, 0.0) for i in range(50)]
     times = [k.time for k in run(s, frames)]
-    assert_monotonic(times)
-    assert len(times) == 10 and times[-1] < 10.0
+    assert times == pytest.approx([0, 1, 2, 3, 4, 1000, 1001, 1002, 1003, 1004], abs=1e-6)
+    assert s.discontinuities == 0
+
+
+def test_a_file_continuing_a_stream_starts_at_its_origin() -> None:
+    s = Sampler(1.0, live=False, origin=120.5)
+    times = [k.time for k in run(s, [frame(3 + i / 10, 0.0) for i in range(30)])]  # pts start at 3 s
+    assert times == pytest.approx([120.5, 121.5, 122.5], abs=1e-6)
 
 
 def test_live_stall_leaves_a_gap_without_a_burst() -> None:

@@ -1,9 +1,20 @@
-"""Run ingest from a config: load the encoder, open the memory, start every stream, serve WHIP."""
+"""Run ingest from a config: load the encoder, open the memory, start every stream, serve WHIP, and
+say honestly how it went (docs/ingest-guarantees.md).
+
+Exit status: 0 when every stream ended with every clip it cut stored (or already there) and every file
+read to its end; 1 when a stream failed, lost clips, was refused (another writer, another source), or
+a file was stopped before its end; 2 for a bad command line or config (nothing started). A first
+Ctrl-C (or SIGTERM) stops every stream, storing what was cut within `ingest.stop_timeout_s`; a second
+one exits at once with 130.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
+import json
 import logging
 import os
 import signal
@@ -15,7 +26,7 @@ from flashlive.config import FlashliveConfig
 from flashlive.errors import CommandError
 from flashlive.memory.registry import DEFAULT_LEASE, StreamRegistration, StreamRegistry
 from flashlive.memory.settings import RedisSettings
-from flashlive.stream.lifecycle import StreamSpec
+from flashlive.stream.lifecycle import StreamRunner, StreamSpec
 from flashlive.stream.settings import IngestSettings, SourceOptions
 
 log = logging.getLogger(__name__)
@@ -67,42 +78,48 @@ async def follow_registry(
 
 
 async def run_ingest(
-    cfg: FlashliveConfig, redis: RedisSettings, *, progress: bool = True, registry: bool = False
+    cfg: FlashliveConfig,
+    redis: RedisSettings,
+    *,
+    progress: bool = True,
+    registry: bool = False,
+    json_out: bool = False,
+    new_source: bool = False,
 ) -> int:
     """Ingest every enabled stream of `cfg` (pulled ones, and WHIP ones served on ingest.whip_listen)
-    until they end or SIGINT/SIGTERM, into the memory `redis` reaches; 1 if any stream failed. With
-    `registry`, also the streams registered through the API, and run until stopped."""
+    until they end or SIGINT/SIGTERM, into the memory `redis` reaches. With `registry`, also the
+    streams registered through the API, and run until stopped. Returns the exit status."""
     from flashlive.memory.connect import open_memory
     from flashlive.model.encoder import load_clip_encoder
     from flashlive.model.errors import ModelError
     from flashlive.stream.ingest import Ingest
 
+    specs = {n: dataclasses.replace(s, new_source=new_source) for n, s in specs_from_config(cfg).items()}
+    whip_specs = {
+        n: dataclasses.replace(s, new_source=new_source) for n, s in specs_from_config(cfg, whip=True).items()
+    }
+    whip_socket = bind_listen(cfg.ingest.whip_listen) if whip_specs else None  # fail before loading
     try:
         encoder = await asyncio.to_thread(load_clip_encoder, cfg.model)
     except (ModelError, OSError) as exc:
         raise CommandError(f"cannot load model {cfg.model.name!r}: {exc}") from None
-    specs = specs_from_config(cfg)
-    whip_specs = specs_from_config(cfg, whip=True)
     async with (
-        open_memory(redis, retention=cfg.memory.retention) as memory,
+        open_memory(redis, retention=cfg.memory.retention, buffer_size=cfg.memory.buffer_clips) as memory,
         Ingest(encoder, memory, cfg.ingest) as ingest,
     ):
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        _handle_signals(stop)
         for spec in specs.values():
             ingest.start_stream(spec)
             print(
-                f"ingesting {spec.name}: {ingest.runners[spec.name].metrics.source or spec.name}",
+                f"ingesting {spec.name}: {ingest.runners[spec.name].metrics.source or spec.url or spec.name}",
                 file=sys.stderr,
             )
         whip_server = None
-        if whip_specs:
+        if whip_socket is not None:
             token = cfg.web.token_value
             app = ingest.whip_app(token=token, prefix="/whip", streams=whip_specs)
-            whip_server = await _serve_whip(app, cfg.ingest.whip_listen)
+            whip_server = await _serve_whip(app, whip_socket)
             for name in whip_specs:
                 print(
                     f"waiting for WHIP publishers: POST http://{cfg.ingest.whip_listen}/whip/{name}",
@@ -132,27 +149,81 @@ async def run_ingest(
         if bars is not None:
             bars.cancel()
         if stop.is_set():
-            print("stopping: storing the last clips...", file=sys.stderr)
+            print("stopping: storing the clips already cut...", file=sys.stderr)
         await ingest.close()
-        failed = {n: r.error for n, r in ingest.runners.items() if r.error}
-        for name, runner in ingest.runners.items():
-            m = runner.metrics
-            status = f"error: {runner.error}" if runner.error else "ok"
-            print(f"{name}: {m.clips} clips, {m.dropped_clips} dropped, {status}", file=sys.stderr)
-        return 1 if failed else 0
+        runners = list(ingest.runners.values())
+    for runner in runners:
+        print(summary_line(runner), file=sys.stderr)
+    status = 0 if runners and all(r.ok for r in runners) else 1
+    if not runners and stop.is_set():
+        status = 0  # stopped before any WHIP publisher (or registered stream) came
+    if json_out:
+        print(json.dumps({"streams": {r.name: stream_report(r) for r in runners}, "exit": status}))
+    return status
+
+
+def stream_report(runner: StreamRunner) -> dict[str, Any]:
+    """What became of a stream's clips, for `--json` (the same numbers as the summary line)."""
+    m = runner.metrics
+    return {
+        "state": str(runner.state),
+        "ok": runner.ok,
+        "error": runner.error or "",
+        "note": runner.note,
+        "refused": runner.refused,
+        "clips_cut": m.clips_cut,
+        "stored": m.clips,
+        "duplicates": m.duplicates,
+        "dropped": m.dropped_clips,
+        "lost": m.lost_clips,
+        "losses": dict(sorted(m.losses.items())),
+        "corrupt": [[round(a, 3), round(b, 3)] for a, b in m.corrupt],
+    }
+
+
+def summary_line(runner: StreamRunner) -> str:
+    m = runner.metrics
+    if runner.refused:
+        return f"{runner.name}: refused: {runner.error}"
+    head = f"{runner.name}: {runner.state}"
+    said = runner.error or runner.note
+    counts = (
+        f"{m.clips_cut} clips cut: {m.clips} stored, {m.duplicates} already stored, "
+        f"{m.dropped_clips} dropped, {m.lost_clips} lost"
+    )
+    corrupt = ""
+    if m.corrupt:
+        spans = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in m.corrupt[:5])
+        corrupt = f"; undecodable: {spans}{' ...' if len(m.corrupt) > 5 else ''}"
+    return f"{head}{': ' + said if said else ''} ({counts}{corrupt})"
+
+
+def _handle_signals(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: stop gracefully. Second: leave at once (exit 130); an embedded Redis dies
+    with this process (PDEATHSIG) after writing its AOF, and leases lapse after their ttl."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            sys.stderr.write("stopped at once: clips not yet stored are lost\n")
+            sys.stderr.flush()
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
 
 
 async def _progress(ingest: Any) -> None:
     """One tqdm bar per backfilled file, driven by the source's progress through the file."""
     from tqdm import tqdm
 
-    from flashlive.memory.types import StreamState
-
     bars: dict[str, Any] = {}
     try:
         while True:
             for name, runner in ingest.runners.items():
-                if name in bars and runner.state == StreamState.STOPPED:
+                if name in bars and not runner.state.active:
                     bars[name].n = bars[name].total
                     bars[name].refresh()
                     continue
@@ -175,19 +246,38 @@ async def _progress(ingest: Any) -> None:
             bar.close()
 
 
-async def _serve_whip(app: Any, listen: str) -> tuple[Any, asyncio.Task[None]]:
-    """Serve the WHIP app with uvicorn on this event loop; returns the server and its task."""
+def bind_listen(listen: str) -> socket.socket:
+    """A listening socket on HOST:PORT, or CommandError saying why not (the port is taken, ...)."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CommandError(f"cannot serve WHIP on {listen}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        hint = " (another ingest running? set ingest.whip_listen)" if exc.errno == errno.EADDRINUSE else ""
+        raise CommandError(f"cannot serve WHIP on {listen}: {exc.strerror or exc}{hint}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve_whip(app: Any, sock: socket.socket) -> tuple[Any, asyncio.Task[None]]:
+    """Serve the WHIP app with uvicorn on this event loop, on a socket already bound; returns the
+    server and its task."""
     try:
         import uvicorn
     except ImportError:
         raise CommandError("WHIP streams need uvicorn: pip install uvicorn") from None
-    host, _, port = listen.rpartition(":")
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
-            raise CommandError(f"cannot serve WHIP on {listen} (port in use?)")
+            raise CommandError(f"cannot serve WHIP on {sock.getsockname()}")
         await asyncio.sleep(0.05)
     return server, task

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--top-p", type=float, default=None, help="default: off (1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    p.set_defaults(handler=ask_file)
+    p.set_defaults(handler=ask_file, fast_exit=True)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -79,10 +79,8 @@ def add_dropout_args(p: argparse.ArgumentParser) -> None:
         help="visual dropout mode: off, uniform, attention, uniform0_attention, uniform1_attention "
         "(default: the checkpoint's setting)",
     )
-    p.add_argument("--dropout-layers", default="4,18", help="comma-separated layers (default 4,18)")
-    p.add_argument(
-        "--dropout-ratios", default="1,0.75,0.25", help="one more than layers (default 1,0.75,0.25)"
-    )
+    p.add_argument("--dropout-layers", default=None, help="comma-separated layers (default 4,18)")
+    p.add_argument("--dropout-ratios", default=None, help="one more than layers (default 1,0.75,0.25)")
 
 
 def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
@@ -93,11 +91,23 @@ def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
     if args.dropout == "off":
         return None
     try:
-        layers = tuple(int(v) for v in args.dropout_layers.split(",") if v.strip())
-        ratios = tuple(float(v) for v in args.dropout_ratios.split(",") if v.strip())
+        layers = tuple(int(v) for v in (args.dropout_layers or "4,18").split(",") if v.strip())
+        ratios = tuple(float(v) for v in (args.dropout_ratios or "1,0.75,0.25").split(",") if v.strip())
         return DropoutConfig(args.dropout, layers, ratios)
     except ValueError as exc:
         raise CommandError(f"bad dropout settings: {exc}") from None
+
+
+def check_ask_file_options(args: argparse.Namespace) -> None:
+    """The numbers of ask-file through one validation path (flashlive/commands/validate.py)."""
+    from flashlive.commands.validate import ASK_FILE_FLAGS, AskFileOptions, check_options
+
+    if args.dropout in (None, "off") and (args.dropout_layers or args.dropout_ratios):
+        raise CommandError(
+            "--dropout-layers and --dropout-ratios need --dropout MODE (uniform, attention, ...)"
+        )
+    values = {name: getattr(args, name) for name in ASK_FILE_FLAGS if getattr(args, name, None) is not None}
+    check_options(AskFileOptions, values, ASK_FILE_FLAGS)
 
 
 def ask_file(args: argparse.Namespace) -> int:
@@ -109,6 +119,7 @@ def ask_file(args: argparse.Namespace) -> int:
     from flashlive.model.video import read_video
     from flashlive.model.window import VideoWindow
 
+    check_ask_file_options(args)
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()

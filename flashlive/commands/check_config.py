@@ -20,11 +20,17 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def load_config_or_fail(path: str) -> FlashliveConfig:
-    """The config at `path`; every problem with its line as a CommandError."""
+    """The config at `path`; every problem with its line as a CommandError (one line for one problem)."""
     try:
         return load_config(path)
     except ConfigError as exc:
-        raise CommandError(f"{len(exc.problems)} problem(s) in the config:\n{exc}") from None
+        raise CommandError(config_problems(exc)) from None
+
+
+def config_problems(exc: ConfigError) -> str:
+    if len(exc.problems) == 1:
+        return str(exc)
+    return f"{len(exc.problems)} problems in the config:\n{exc}"
 
 
 def check_config_command(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from flashlive.commands.validate import DEMO_FLAGS, DemoVideoOptions, check_options
 from flashlive.errors import CommandError
 
 
@@ -21,11 +22,11 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def demo_video_command(args: argparse.Namespace) -> int:
     from flashlive.stream.demo import write_demo_video
 
-    if args.seconds <= 0 or args.fps <= 0:
-        raise CommandError("--seconds and --fps must be positive")
+    opts = check_options(DemoVideoOptions, {"seconds": args.seconds, "fps": args.fps, "out": args.out},
+                         DEMO_FLAGS)  # fmt: skip
     try:
-        frames = write_demo_video(args.out, seconds=args.seconds, fps=args.fps)
-    except OSError as exc:
+        frames = write_demo_video(opts.out, seconds=opts.seconds, fps=opts.fps)
+    except (OSError, ValueError) as exc:  # av's errors are both
         raise CommandError(f"cannot write {args.out}: {exc}") from None
     print(f"{args.out}: {frames} frames, {args.seconds:g} s at {args.fps} fps")
     return 0

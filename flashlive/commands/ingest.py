@@ -9,6 +9,7 @@ from typing import Any
 
 from flashlive.commands.check_config import load_config_or_fail
 from flashlive.commands.options import redis_settings
+from flashlive.commands.validate import config_error
 from flashlive.config import ConfigError, FlashliveConfig, config_from_data
 from flashlive.errors import CommandError
 from flashlive.model.device import DEVICE_RULE
@@ -50,12 +51,35 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-batch", type=int, help=f"clips per encoder batch (default {_INGEST.max_batch})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for file backfill")
     p.add_argument(
+        "--new-source",
+        action="store_true",
+        help="continue a stream that holds clips of another source (a file continues after its end)",
+    )
+    p.add_argument("--json", action="store_true", help="print what became of every stream's clips as JSON")
+    p.add_argument(
         "--follow-registry",
         action="store_true",
         help="also ingest the streams registered through the web API (POST /api/streams), and run "
         "until stopped (what docker-compose's ingest service does)",
     )
-    p.set_defaults(handler=ingest_command)
+    p.set_defaults(handler=ingest_command, fast_exit=True)
+
+
+# the command line's options, by the config setting they set (for one-line messages)
+FLAGS = {
+    "name": "--name",
+    "url": "URL",
+    "fps": "--fps",
+    "policy": "--policy",
+    "realtime": "--realtime/--backfill",
+    "loop": "--loop",
+    "transport": "--transport",
+    "credentials.user": "--user",
+    "credentials.password": "--password-env",
+    "max_batch": "--max-batch",
+    "model.name": "--model",
+    "model.device": "--device",
+}
 
 
 def _config_from_args(args: argparse.Namespace) -> FlashliveConfig:
@@ -71,7 +95,8 @@ def _config_from_args(args: argparse.Namespace) -> FlashliveConfig:
             raise CommandError("give a URL to ingest (or --config FILE)")
         from flashlive.stream.sources.av_source import default_name
 
-        data = {"streams": {args.name or default_name(args.url): _stream_from_args(args)}}
+        name = args.name if args.name is not None else default_name(args.url)
+        data = {"streams": {name: _stream_from_args(args)}}
         source = "the command line"
     overrides = {
         key: value
@@ -84,7 +109,10 @@ def _config_from_args(args: argparse.Namespace) -> FlashliveConfig:
     try:
         return config_from_data(data, source=source)
     except ConfigError as exc:
-        raise CommandError(f"{len(exc.problems)} problem(s) in the settings:\n{exc}") from None
+        for problem in exc.problems:  # a stream name the rule refuses came from --name (or the URL)
+            if problem.path.count(".") == 1 and problem.path.startswith("streams."):
+                problem.path = "name"
+        raise config_error(exc, FLAGS) from None
 
 
 def _stream_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,4 +146,13 @@ def ingest_command(args: argparse.Namespace) -> int:
     from flashlive.app.ingest import run_ingest
 
     redis = redis_settings(args, cfg.memory.redis)
-    return asyncio.run(run_ingest(cfg, redis, progress=not args.no_progress, registry=args.follow_registry))
+    return asyncio.run(
+        run_ingest(
+            cfg,
+            redis,
+            progress=not args.no_progress,
+            registry=args.follow_registry,
+            json_out=args.json,
+            new_source=args.new_source,
+        )
+    )

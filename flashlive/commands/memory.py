@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from flashlive.commands.options import redis_settings
+from flashlive.commands.validate import MEMORY_FLAGS, ExportOptions, WindowOptions, check_options
 from flashlive.errors import CommandError
+from flashlive.memory.errors import MemoryStoreError
 from flashlive.memory.settings import RedisSettings
 
 
@@ -71,6 +73,11 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    window = {k: getattr(args, k, None) for k in ("start", "end", "last")}
+    if args.action is _export:
+        check_options(ExportOptions, {**window, "fps": args.fps, "columns": args.columns}, MEMORY_FLAGS)
+    elif args.action is _show:
+        check_options(WindowOptions, window, MEMORY_FLAGS)
     return asyncio.run(_with_memory(args, redis_settings(args)))
 
 
@@ -80,9 +87,10 @@ async def _with_memory(args: argparse.Namespace, settings: RedisSettings) -> int
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from flashlive.memory.connect import open_memory
-    from flashlive.memory.errors import MemoryStoreError
+    from flashlive.memory.redact import redact
     from flashlive.memory.server import RedisServerError
 
+    where = redact(settings.where())
     try:
         async with open_memory(settings) as memory:
             result: int = await args.action(memory, args)
@@ -90,9 +98,9 @@ async def _with_memory(args: argparse.Namespace, settings: RedisSettings) -> int
     except (MemoryStoreError, RedisServerError) as exc:
         raise CommandError(str(exc)) from None
     except (OSError, RedisConnectionError, RedisTimeoutError) as exc:
-        raise CommandError(f"cannot reach Redis at {settings.where()}: {exc}") from None
+        raise CommandError(f"cannot reach Redis at {where}: {exc}") from None
     except RedisError as exc:
-        raise CommandError(f"Redis refused: {exc}") from None
+        raise CommandError(f"Redis at {where} refused: {exc}") from None
 
 
 def _fmt_time(t: float | None) -> str:
@@ -119,21 +127,65 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 async def _ls(memory: Any, args: argparse.Namespace) -> int:
-    stats = [await memory.stats(name) for name in await memory.streams()]
+    from flashlive.memory.errors import MemoryUnavailableError, UnknownStreamError
+
+    rows: list[dict[str, Any]] = []
+    for name in await memory.streams():
+        try:
+            stats = await memory.stats(name)
+        except UnknownStreamError:
+            continue  # deleted meanwhile
+        except MemoryUnavailableError:
+            raise
+        except MemoryStoreError as exc:  # one broken stream (a key of another type): say so, list the rest
+            rows.append({"stream": name, "state": "unreadable", "error": str(exc)})
+            continue
+        rows.append({**vars(stats), "span": stats.span, "shown_state": _shown_state(stats)})
     if args.json:
-        print(json.dumps([{**vars(s), "span": s.span} for s in stats], indent=2))
+        print(json.dumps([{k: v for k, v in r.items() if k != "shown_state"} for r in rows], indent=2))
         return 0
-    if not stats:
+    if not rows:
         print("no streams in memory")
         return 0
-    rows = [["STREAM", "CLIPS", "BYTES", "FROM", "TO", "SPAN", "STATE", "TRIMMED"]]
-    for s in stats:
-        rows.append(
-            [s.stream, str(s.clips), _fmt_bytes(s.bytes), _fmt_time(s.first_start), _fmt_time(s.last_end),
-             f"{s.span:.0f} s", s.state or "-", str(s.trimmed_clips)]
+    table = [["STREAM", "CLIPS", "BYTES", "FROM", "TO", "SPAN", "STATE", "LOST", "TRIMMED", "NOTE"]]
+    for r in rows:
+        if r["state"] == "unreadable":
+            table.append([r["stream"], "-", "-", "-", "-", "-", "unreadable", "-", "-", _short(r["error"])])
+            continue
+        table.append(
+            [r["stream"], str(r["clips"]), _fmt_bytes(r["bytes"]), _fmt_time(r["first_start"]),
+             _fmt_time(r["last_end"]), f"{r['span']:.0f} s", r["shown_state"], str(r["lost"]),
+             str(r["trimmed_clips"]), _short(_note(r))]
         )  # fmt: skip
-    _print_table(rows)
+    _print_table(table)
     return 0
+
+
+def _shown_state(stats: Any) -> str:
+    """The state as reported; a stream that says it is being written while nobody holds its write
+    lease was left so by an ingest that could not report its end (killed, or Redis was away)."""
+    from flashlive.memory.types import StreamState
+
+    state = stats.state or "-"
+    if state in {s.value for s in StreamState} and StreamState(state).active and not stats.writer:
+        return f"{state} (no writer)"
+    return str(state)
+
+
+def _note(row: dict[str, Any]) -> str:
+    parts = []
+    if row.get("error"):
+        parts.append(str(row["error"]))
+    if row.get("losses"):
+        parts.append("lost " + ", ".join(f"{n} {r}" for r, n in row["losses"].items()))
+    if row.get("writer"):
+        parts.append(f"written by {row['writer']}")
+    return "; ".join(parts)
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def _show(memory: Any, args: argparse.Namespace) -> int:
@@ -160,8 +212,6 @@ async def _show(memory: Any, args: argparse.Namespace) -> int:
 async def _export(memory: Any, args: argparse.Namespace) -> int:
     from flashlive.memory.export import ExportError, export_thumbnails
 
-    if args.fps <= 0 or args.columns < 1:
-        raise CommandError("--fps must be > 0 and --columns >= 1")
     if args.last is not None:
         if args.start is not None or args.end is not None:
             raise CommandError("give either --last or --start/--end, not both")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import SourceOptions
+from ..settings import SOURCE_SCHEMES, SourceOptions
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
 from .av_source import AVSource, scheme_of
 from .base import Progress, Source
@@ -27,7 +27,7 @@ __all__ = [
     "source_from_options",
 ]
 
-AV_SCHEMES = frozenset({"file", "rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "rtp"})
+AV_SCHEMES = SOURCE_SCHEMES
 
 
 def open_source(url: str, **options: Any) -> Source:

@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
+import unicodedata
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,13 +31,13 @@ from flashlive.memory.redact import redact, redact_text, url_secrets, with_crede
 
 from ..settings import SourceOptions
 from ..types import SourceError, SourceFrame, SourceInvalid, SourceUnavailable
-from .base import Source
+from .base import Progress, Source
 
 log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp"})
 NETWORK_SCHEMES = LIVE_SCHEMES | {"http", "https"}
-MAX_BAD_PACKETS = 50  # consecutive undecodable packets before a file counts as corrupt
+MAX_BAD_PACKETS = 50  # undecodable packets in a row before any frame: not a video; live: reconnect
 _DEFAULTS = SourceOptions()  # the options a configured stream has when its config leaves them out
 
 
@@ -113,14 +116,25 @@ def scheme_of(url: str) -> str:
 
 
 def default_name(url: str) -> str:
-    """A stream name guessed from a URL: the file stem or the last path part, else the host."""
+    """A stream name guessed from a URL: the file stem or the last path part, else the host, made to
+    follow the stream-name rule (`vid eo ü.mkv` -> `vid-eo-u`)."""
     if scheme_of(url) == "file":
-        return Path(local_path(url)).stem or "file"
-    parts = urlsplit(url)
-    tail = [p for p in parts.path.split("/") if p]
-    if tail:
-        return Path(tail[-1]).stem or tail[-1]
-    return parts.hostname or "stream"
+        raw = Path(local_path(url)).stem or "file"
+    else:
+        parts = urlsplit(url)
+        tail = [p for p in parts.path.split("/") if p]
+        raw = (Path(tail[-1]).stem or tail[-1]) if tail else (parts.hostname or "stream")
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ascii_text).lstrip("_.-")[:128].rstrip("-")
+    return name or "stream"
+
+
+def source_identity(url: str) -> str:
+    """What a stream's meta remembers as its source: a file's absolute path, else the URL with its
+    credentials masked (two URLs that differ only in a password are the same source)."""
+    if scheme_of(url) == "file":
+        return str(Path(local_path(url)).expanduser().resolve())
+    return redact(url)
 
 
 def local_path(url: str) -> str:
@@ -338,7 +352,8 @@ class AVSource(Source):
         except av.error.FFmpegError as exc:
             if stop.is_set():
                 raise _Stopped from None
-            timed_out = time.monotonic() - started >= 0.9 * self.open_timeout
+            waited = time.monotonic() - started
+            timed_out = waited >= 0.9 * min(self.open_timeout, self.read_timeout)
             raise self._classify(exc, opening=True, timed_out=timed_out) from None
         log.info("%s: opened (%s)", self.url_redacted, container.format.name)
         try:
@@ -362,6 +377,7 @@ class AVSource(Source):
         offset = 0.0  # added to pts after each loop of a looping file
         last_pts: float | None = None
         anchor: tuple[float, float] | None = None  # (pts, monotonic) that pacing counts from
+        damage = _Damage(self.url_redacted, self.progress, 1.0 / rate)
         while True:
             bad = 0
             first_pts: float | None = None
@@ -380,15 +396,18 @@ class AVSource(Source):
                 if stop.is_set():
                     raise _Stopped
                 last_packet = time.monotonic()
+                if packet.pts is not None and packet.time_base is not None:
+                    damage.packet(float(packet.pts * packet.time_base) + offset)
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
                     bad += 1
-                    if bad > MAX_BAD_PACKETS:
-                        raise SourceInvalid(
-                            f"{self.url_redacted}: {bad} undecodable packets in a row "
-                            f"({self._reason(exc)}); the input is corrupt"
-                        ) from None
+                    damage.error()
+                    if bad > MAX_BAD_PACKETS and (self.live or last_pts is None):
+                        what = f"{bad} undecodable packets in a row ({self._reason(exc)})"
+                        if self.live:
+                            raise SourceUnavailable(f"{self.url_redacted}: {what}") from None
+                        raise SourceInvalid(f"{self.url_redacted}: {what}; the input is corrupt") from None
                     continue
                 bad = 0
                 for frame in decoded:
@@ -400,6 +419,7 @@ class AVSource(Source):
                     pts += offset
                     if not self.live and self.realtime:
                         anchor = self._pace(anchor, pts, last_pts, stop)
+                    damage.frame(last_pts, pts)
                     last_pts = pts
                     yield SourceFrame(frame=frame, pts=pts, wall=time.time())
             if stop.is_set():
@@ -408,8 +428,10 @@ class AVSource(Source):
                 raise SourceUnavailable(f"{self.url_redacted}: the stream ended (EOF)")
             if last_pts is None:
                 raise SourceInvalid(f"{self.url_redacted}: no video frame could be decoded")
+            damage.end(last_pts)
             if not self.loop:
                 log.info("%s: end of file after %d frames", self.url_redacted, self.progress.frames)
+                self.progress.ended = True
                 return
             # The next loop's first frame follows this loop's last one by one frame period.
             offset = last_pts + 1.0 / rate - (first_pts or 0.0)
@@ -463,13 +485,19 @@ class AVSource(Source):
         return redact_text(str(text), self._secrets)
 
     def _classify(self, exc: av.error.FFmpegError, *, opening: bool, timed_out: bool) -> SourceError:
-        """Map an FFmpeg error to retryable (`SourceUnavailable`) or not (`SourceInvalid`)."""
+        """Map an FFmpeg error to retryable (`SourceUnavailable`) or not (`SourceInvalid`).
+
+        A server that accepts the connection and then says nothing (a hung camera) makes FFmpeg give up
+        after its socket timeout with "invalid data": that is a timeout, retried like a refused
+        connection, never a verdict on the stream."""
         where = self.url_redacted
         reason = self._reason(exc)
-        limit = self.open_timeout if opening else self.read_timeout
+        limit = min(self.open_timeout, self.read_timeout) if opening else self.read_timeout
         if isinstance(exc, av.error.ExitError) or (self._network and timed_out):
             what = "connecting" if opening else "waiting for data"
             return SourceUnavailable(f"{where}: timed out after {limit:.1f} s {what}")
+        if opening and self.live and isinstance(exc, av.error.InvalidDataError):
+            return SourceUnavailable(f"{where}: no valid answer while connecting ({reason})")
         if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
             return SourceInvalid(f"{where}: access denied ({reason}); check the user and password")
         if isinstance(exc, av.error.HTTPError | av.error.HTTPClientError):
@@ -497,6 +525,48 @@ class AVSource(Source):
         if self._network:
             return SourceUnavailable(f"{where}: {reason}")
         return SourceInvalid(f"{where}: {reason}")
+
+
+class _Damage:
+    """Finds the stretches of a file the decoder could not decode: a jump in frame times across which
+    the demuxer handed over packets (or decoding failed) is data that was there and was lost, reported
+    with its extent (`progress.corrupt`, a warning). A jump without packets is a gap in the media (a low
+    or variable frame rate), which the timeline keeps as it is."""
+
+    def __init__(self, where: str, progress: Progress, interval: float) -> None:
+        self.where = where
+        self.progress = progress
+        self.gap = max(3.0 * interval, 0.5)  # a jump longer than this is a gap, not jitter
+        self.errors = 0  # decode errors since the last frame
+        self.packets: deque[float] = deque(maxlen=4096)  # packet times since the last frame
+
+    def packet(self, t: float) -> None:
+        self.packets.append(t)
+
+    def error(self) -> None:
+        self.errors += 1
+
+    def frame(self, last: float | None, t: float) -> None:
+        if last is not None and t - last > self.gap:
+            lost = any(last < p < t for p in self.packets)
+            if lost or self.errors:
+                self._report(last, t)
+        self.errors = 0
+        self.packets.clear()
+
+    def end(self, last: float) -> None:
+        after = [p for p in self.packets if p > last]
+        if self.errors or after:
+            self._report(last, max(after, default=last))
+        self.errors = 0
+        self.packets.clear()
+
+    def _report(self, start: float, end: float) -> None:
+        self.progress.corrupt.append((start, end))
+        log.warning(
+            "%s: corrupt data from %.3f s to %.3f s: %.3f s of video could not be decoded",
+            self.where, start, end, end - start,
+        )  # fmt: skip
 
 
 def _from_env(value: str | None, env: str | None, what: str, name: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
@@ -20,6 +20,8 @@ class Progress:
     duration: float | None = None  # total length when known (files), seconds
     start: float = 0.0  # pts where the file starts (containers may not start at 0)
     dropped: int = 0  # frames a live source dropped because the consumer fell behind
+    corrupt: list[tuple[float, float]] = field(default_factory=list)  # (from, to) pts not decodable
+    ended: bool = False  # a file was read to its end
 
     @property
     def fraction(self) -> float | None:
