@@ -180,7 +180,7 @@ class AskJob(Message):
         if self.deadline - self.submitted > MAX_DEADLINE_S:
             raise ValueError(f"deadline is more than {MAX_DEADLINE_S:.0f} s after submission")
         if self.sampling == "release" and self.recent:
-            raise ValueError("recent keeps the newest clips of a uniform sampling; release sampling has none")
+            raise ValueError("recent keeps the newest clips of uniform sampling: 0 with release sampling")
         return self
 
 

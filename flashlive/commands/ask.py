@@ -174,17 +174,19 @@ def build_job(args: argparse.Namespace, now: float | None = None) -> AskJob:
     try:
         return AskJob.model_validate(data)
     except ValidationError as exc:
-        raise CommandError(options_error(exc, FLAGS)) from None
+        raise options_error(exc, FLAGS) from None
 
 
-def options_error(exc: ValidationError, flags: Mapping[str, str]) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"])
-        where = flags.get(path) or flags.get(path.rsplit(".", 1)[0]) or path
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+def options_error(exc: ValidationError, flags: Mapping[str, str]) -> CommandError:
+    """A message's validation errors as one line naming the options (items of a list count as the list:
+    `dropout.ratios.1` is --dropout-ratios)."""
+    from flashlive.commands.validate import options_error as one_line
+    from flashlive.config import problems_of
+
+    problems = problems_of(exc, {})
+    for p in problems:
+        p.path = ".".join(part for part in p.path.split(".") if not part.isdigit())
+    return one_line(problems, flags)
 
 
 def _dropout(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -162,7 +162,7 @@ async def _add(memory: Any, args: argparse.Namespace) -> int:
     try:
         watch = Watch.model_validate(fields)
     except ValidationError as exc:
-        raise CommandError(options_error(exc, FLAGS)) from None
+        raise options_error(exc, FLAGS) from None
     try:
         await WatchStore(memory.client, prefix=memory.prefix).add(watch)
     except (WatchLimitError, ValueError) as exc:

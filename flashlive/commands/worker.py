@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flashlive.commands.options import redis_settings
+from flashlive.commands.validate import config_error
 from flashlive.config import ConfigError, FlashliveConfig, config_from_data
 from flashlive.errors import CommandError
 from flashlive.model.device import DEVICE_RULE
@@ -124,16 +125,7 @@ def _config(args: argparse.Namespace) -> FlashliveConfig:
     try:
         return config_from_data(data, source=args.config or "the command line")
     except ConfigError as exc:
-        raise CommandError(one_line(exc, FLAGS)) from None
-
-
-def one_line(exc: ConfigError, flags: Mapping[str, str]) -> str:
-    """Every problem of `exc` on one line, each named by its option where the command line set it."""
-    parts = []
-    for p in exc.problems:
-        where = flags.get(p.path) or (f"{exc.source}:{p.line}: {p.path}" if p.line else p.path)
-        parts.append(f"{where}: {p.message}")
-    return "; ".join(" ".join(part.split()) for part in parts)
+        raise config_error(exc, FLAGS) from None
 
 
 def _settings(args: argparse.Namespace, cfg: FlashliveConfig) -> WorkerSettings:
