@@ -450,8 +450,12 @@ async def test_the_other_worker_finishes_the_job(redis_server: RedisServer, tmp_
                 await asyncio.sleep(1.5)
             everything = [r async for _, r in read_results(queue.client, job.id, prefix=prefix, timeout=10)]
             assert everything == [r for _, r in records]
-            depth = await queue.depth()
-            assert (depth.waiting, depth.running) == (0, 0)
+
+            async def acked() -> bool:  # the worker acks right after its final record: give it a moment
+                depth = await queue.depth()
+                return (depth.waiting, depth.running) == (0, 0)
+
+            await wait_until(acked, 10, "the job taken off the queue")
     finally:
         await memory.close()
         await queue.close()
