@@ -1,7 +1,24 @@
-"""The model side of a query worker: time to first token and decode speed against memory length, and
-watch scoring with and without the shared visual prefix.
+"""The query worker: time to first token and decode speed against memory length, watch scoring with
+and without the shared visual prefix (the model side); alert latency and the throughput of 1 vs 2
+worker processes (the service side, with real `flashlive worker --model tiny` processes).
 
 python bench/worker.py [--clips 15,150] [--depth 3] [--watches 1,4,16]  ->  JSON on stdout.
+python bench/worker.py --skip ttft,watches   ->  the service side only (a few minutes)
+python bench/worker.py --skip alerts,throughput   ->  the model side only
+
+Service side (a redis-server of its own in a temporary directory, `flashlive worker` processes with
+the tiny preset on the CPU):
+
+- alerts: one watch (threshold 0, so every evaluation writes an event) on a stream that gets a clip
+  every `--alert-interval` s; latency = from the clip's append (before the call) to its event read back
+  from the stream's events stream (XREAD BLOCK), p50/p95/max over `--alert-clips` clips; also the
+  worker-side part (the event's own write time minus the append time);
+- throughput: `--jobs` asks (each `--job-tokens` new tokens over a 16-clip window, greedy) submitted at
+  once, answered by 1 worker (concurrency 1; torch's default threads, one per core), by the same with 1
+  thread, by 2 workers (concurrency 1, 1 thread each) on the same Redis, and by 1 worker with
+  concurrency 2 (one process batching decode steps); jobs/s, tokens/s and the ratios,
+  measured in the same run, `--rounds` times with the configurations alternating. The machine's load
+  average is reported before and after. $BENCH_WORKER_LOG (e.g. INFO) sets the workers' log level.
 
 Model: Qwen2-7B's widths (hidden 3584, 28 query / 4 KV heads of 128, MLP 18944, rope 1e6), the real
 Qwen2 vocabulary and tokenizer (embedding tied to the head to save 2.2 GB; the compute is the same),
@@ -32,17 +49,33 @@ checkpoint takes that window whole.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from flashlive.memory.events import EventLog
+from flashlive.memory.jobs import JobQueue
+from flashlive.memory.keys import entry_id, worker_key
+from flashlive.memory.messages import AskJob, FinalRecord, Generation, Watch
+from flashlive.memory.results import collect
+from flashlive.memory.server import RedisServer
+from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
-from flashlive.model.config import DropoutConfig, FlashConfig, LLMConfig, VisionConfig
+from flashlive.memory.watches import TickScheduler, WatchStore
+from flashlive.model.config import PRESETS, DropoutConfig, FlashConfig, LLMConfig, VisionConfig
 from flashlive.model.decoding import SamplingParams
 from flashlive.model.engine import Engine
 from flashlive.model.kv_cache import BatchKVCache, KVCache
@@ -379,6 +412,205 @@ def bench_watches(engine: Engine, clips: int, counts: list[int], clock: LayerClo
     return out
 
 
+# -- the service side: real worker processes ------------------------------------------------------------
+
+TINY = PRESETS["tiny"]
+
+
+def tiny_clip(stream: str, t: float, seed: int) -> Clip:
+    tokens = np.random.default_rng(seed).standard_normal((64, TINY.vision.width)).astype(np.float16)
+    return Clip(stream, t, t + 4.0, 4, tokens, TINY.encoder_id)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(1000 * pct(values, 0.5), 1),
+        "p95_ms": round(1000 * pct(values, 0.95), 1),
+        "max_ms": round(1000 * max(values), 1),
+        "n": len(values),
+    }
+
+
+@contextlib.contextmanager
+def worker_procs(
+    url: str, prefix: str, log_dir: Path, names: list[str], concurrency: int, threads: int | None = None
+) -> Iterator[None]:
+    """`flashlive worker --model tiny` processes, ready (heartbeat seen) when the block starts."""
+    import redis
+
+    procs = []
+    for name in names:
+        command = [
+            sys.executable, "-m", "flashlive", "worker", "--redis", url, "--prefix", prefix,
+            "--model", "tiny", "--device", "cpu", "--name", name, "--concurrency", str(concurrency),
+            "--log-level", os.environ.get("BENCH_WORKER_LOG", "ERROR"),
+            *(["--threads", str(threads)] if threads else []),
+        ]  # fmt: skip
+        with (log_dir / f"{name}.log").open("ab") as log:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 300
+        for name, proc in zip(names, procs, strict=True):
+            while not client.exists(worker_key(prefix, name)):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((log_dir / f"{name}.log").read_text())
+                time.sleep(0.1)
+        yield
+    finally:
+        client.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+async def bench_alerts(
+    url: str, log_dir: Path, clips: int, interval: float, threads: int | None = None
+) -> dict[str, Any]:
+    prefix = f"alerts{threads or 0}"
+    memory = VideoMemory.from_url(url, prefix=prefix)
+    log = EventLog(memory.client, prefix=prefix)
+    try:
+        t0 = 1_000_000.0
+        for i in range(2):
+            await memory.append(tiny_clip("cam", t0 + 4 * i, i))
+        await WatchStore(memory.client, prefix=prefix).add(
+            Watch(stream="cam", condition="a person is at the door", threshold=0.0, cooldown=0)
+        )
+        ticks = TickScheduler(memory.client, prefix=prefix)
+        seen: list[tuple[float, float]] = []
+        with worker_procs(url, prefix, log_dir, [f"{prefix}-w"], 1, threads):
+            while (await ticks.lag("cam")).evaluated_end != t0 + 8:  # the first tick: warmed up
+                await asyncio.sleep(0.05)
+            events = await log.read("cam")
+            cursor = events[-1][0] if events else "0-0"
+            for i in range(2, 2 + clips):
+                clip = tiny_clip("cam", t0 + 4 * i, i)
+                sent_wall, sent = time.time(), time.perf_counter()
+                await memory.append(clip)
+                want = entry_id(clip.start)
+                while True:
+                    reply: Any = await memory.client.xread({log.key("cam"): cursor}, block=10_000)
+                    assert reply, "no event within 10 s"
+                    got = None
+                    for eid, fields in reply[0][1]:
+                        cursor = eid.decode()
+                        event = json.loads(fields[b"m"])
+                        if event["clip_id"] == want:
+                            got = (time.perf_counter() - sent, event["time"] - sent_wall)
+                    if got is not None:
+                        seen.append(got)
+                        break
+                await asyncio.sleep(max(0.0, interval - (time.perf_counter() - sent)))
+        return {
+            "clips": clips,
+            "interval_s": interval,
+            "append_to_event_read": spread([a for a, _ in seen]),
+            "append_to_event_written": spread([w for _, w in seen]),
+            "threads": threads or "default",
+            "note": "the worker looks for new ticks every watch_poll = 0.5 s when idle (WorkerSettings)",
+        }
+    finally:
+        await memory.close()
+
+
+async def run_jobs(queue: JobQueue, jobs: int, tokens: int, tag: str) -> dict[str, Any]:
+    generation = Generation(max_new_tokens=tokens)
+    batch = [
+        AskJob(stream="cam", question=f"What happens ({tag} {i})?", generation=generation)
+        for i in range(jobs)
+    ]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(queue.submit(job) for job in batch))
+    finals = []
+    for job in batch:
+        _, final = await collect(queue.client, job.id, prefix=queue.prefix, timeout=600)
+        assert isinstance(final, FinalRecord), final
+        finals.append(final)
+    wall = time.perf_counter() - t0
+    new_tokens = sum(f.new_tokens for f in finals)
+    return {
+        "wall_s": round(wall, 2),
+        "jobs_per_s": round(jobs / wall, 3),
+        "tokens_per_s": round(new_tokens / wall, 1),
+        "by_worker": {w: sum(f.worker == w for f in finals) for w in sorted({f.worker for f in finals})},
+        "first_token_p50_s": round(pct([f.timings.first_token for f in finals], 0.5), 2),
+    }
+
+
+# name: (worker names, slots per worker, torch threads per worker; None = one per core)
+CONFIGS: dict[str, tuple[list[str], int, int | None]] = {
+    "1 worker": (["t1-a"], 1, None),
+    "1 worker, 1 thread": (["t1t-a"], 1, 1),
+    "2 workers, 1 thread each": (["t2-a", "t2-b"], 1, 1),
+    "1 worker, 2 slots": (["t3-a"], 2, None),
+}
+RATIOS = (
+    ("ratio_2_workers_vs_1", "2 workers, 1 thread each", "1 worker"),
+    ("ratio_2_workers_vs_1_with_1_thread", "2 workers, 1 thread each", "1 worker, 1 thread"),
+    ("ratio_1_worker_2_slots_vs_1", "1 worker, 2 slots", "1 worker"),
+)
+
+
+async def bench_throughput(url: str, log_dir: Path, jobs: int, tokens: int, rounds: int) -> dict[str, Any]:
+    """Every configuration's workers run at once (idle ones cost little: a heartbeat, a poll), each on
+    a prefix of its own; the rounds alternate the configurations, so a change in the machine's load
+    hits them alike."""
+    out: dict[str, Any] = {"jobs": jobs, "new_tokens_per_job": tokens, "window_clips": 16, "rounds": {}}
+    stack = contextlib.ExitStack()
+    queues: dict[str, JobQueue] = {}
+    try:
+        for n, (config, (names, slots, threads)) in enumerate(CONFIGS.items()):
+            prefix = f"thr{n}"
+            memory = VideoMemory.from_url(url, prefix=prefix)
+            for i in range(16):
+                await memory.append(tiny_clip("cam", 4.0 * i, i))
+            await memory.close()
+            queues[config] = JobQueue.from_url(url, prefix=prefix)
+            stack.enter_context(worker_procs(url, prefix, log_dir, names, slots, threads))
+        for config, (names, slots, _) in CONFIGS.items():
+            await run_jobs(queues[config], len(names) * slots, 4, "warm-up")
+        for r in range(rounds):
+            out["rounds"][r] = {c: await run_jobs(q, jobs, tokens, f"{c} {r}") for c, q in queues.items()}
+    finally:
+        stack.close()
+        for q in queues.values():
+            await q.close()
+    rates = {c: [out["rounds"][r][c]["jobs_per_s"] for r in range(rounds)] for c in CONFIGS}
+    out["jobs_per_s_median"] = {c: round(float(np.median(v)), 3) for c, v in rates.items()}
+    for name, config, base in RATIOS:
+        out[name] = [round(a / b, 2) for a, b in zip(rates[config], rates[base], strict=True)]
+    return out
+
+
+def bench_service(args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
+
+        async def run() -> None:
+            if "alerts" not in skip:
+                report["alerts"] = await bench_alerts(
+                    server.url, Path(tmp), args.alert_clips, args.alert_interval
+                )
+                report["alerts_1_thread"] = await bench_alerts(
+                    server.url, Path(tmp), args.alert_clips, args.alert_interval, threads=1
+                )
+            if "throughput" not in skip:
+                report["throughput"] = await bench_throughput(
+                    server.url, Path(tmp), args.jobs, args.job_tokens, args.rounds
+                )
+
+        asyncio.run(run())
+    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", default="15,150", help="memory lengths in clips (900 = 1 h: slow)")
@@ -386,15 +618,28 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=8)
     parser.add_argument("--watches", default="1,4,16")
     parser.add_argument("--watch-clips", type=int, default=8, help="a watch's window (8 clips = 32 s)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: ttft, long, watches")
+    parser.add_argument("--alert-clips", type=int, default=40)
+    parser.add_argument("--alert-interval", type=float, default=1.0, help="s between appended clips")
+    parser.add_argument("--jobs", type=int, default=12, help="asks per throughput run")
+    parser.add_argument("--job-tokens", type=int, default=48, help="new tokens per ask")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (configurations alternate)")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: ttft, long, watches, alerts, throughput"
+    )
     args = parser.parse_args()
     clips = [int(c) for c in args.clips.split(",") if c]
     skip = set(args.skip.split(","))
     wall0 = time.perf_counter()
+    report: dict[str, Any] = {"benchmark": "worker"}
+    if not {"alerts", "throughput"} <= skip:
+        report["service"] = bench_service(args, skip)
+    if {"ttft", "watches"} <= skip:
+        report["total_wall_s"] = round(time.perf_counter() - wall0, 1)
+        print(json.dumps(report, indent=1))
+        return
     engine, clock = build_engine(args.depth, max(32768, max(clips) * 64 + 4096))
     init_s = time.perf_counter() - wall0
-    report: dict[str, Any] = {
-        "benchmark": "worker_model",
+    report |= {
         "model": (
             f"Qwen2-7B widths (hidden 3584, heads 28/4, head_dim 128, MLP 18944, rope 1e6), {args.depth} "
             "layers, vocab 151936 (tied), projector 1024->3584, random fp32 weights"

@@ -27,6 +27,9 @@ COMMAND_MODULES = (
     "flashlive.commands.check_config",
     "flashlive.commands.demo",
     "flashlive.commands.serve",
+    "flashlive.commands.worker",
+    "flashlive.commands.ask",
+    "flashlive.commands.watch",
 )
 
 

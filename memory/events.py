@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flashlive.memory.cancellation import reraise_if_cancelling
 from flashlive.memory.keys import DEFAULT_PREFIX, WatchKeys, check_stream_name, events_channel
 from flashlive.memory.messages import ClipSpan, Event, MessageError, Watch, parse_event
 from flashlive.memory.store import CONNECTION_ERRORS
@@ -163,6 +164,7 @@ class EventLog:
                     {k: eid for k, (_, eid) in cursors.items()}, count=256, block=max(1, round(block * 1000))
                 )
             except CONNECTION_ERRORS as exc:
+                reraise_if_cancelling(exc)
                 log.debug("following events: redis unreachable (%s), retrying", exc)
                 await asyncio.sleep(0.2)
                 continue

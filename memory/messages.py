@@ -21,7 +21,7 @@ import json
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,11 @@ MAX_QUESTION_CHARS = 32_000  # bounds a message's size; the context limit (token
 DEFAULT_DEADLINE_S = 300.0  # a job nobody finished within this is answered with deadline_exceeded
 MAX_DEADLINE_S = 24 * 3600.0
 DROPOUT_MODES = ("uniform", "attention", "uniform0_attention", "uniform1_attention")
+# How a worker picks the window's clips: "uniform" spreads the budget's clips over the window (first and
+# last included; `recent` keeps the newest); "release" applies the release chat()'s frame-count rule to
+# the 1 fps video the memory holds (model/sampling.py::release_window_clips; docs/model.md, "Live windows").
+SamplingRule = Literal["uniform", "release"]
+SAMPLING_RULES: tuple[str, ...] = get_args(SamplingRule)
 JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # used inside Redis keys: no braces, no spaces
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID)]
@@ -160,6 +165,8 @@ class AskJob(Message):
     generation: Generation = Field(default_factory=Generation)
     submitted: Seconds = Field(default_factory=time.time)
     deadline: Seconds = Field(default_factory=_deadline)
+    # added within v1 (defaulted): a worker from before it refuses a job that sets it (unknown field)
+    sampling: SamplingRule = "uniform"
 
     @field_validator("question")
     @classmethod
@@ -172,6 +179,8 @@ class AskJob(Message):
     def _sane(self) -> AskJob:
         if self.deadline - self.submitted > MAX_DEADLINE_S:
             raise ValueError(f"deadline is more than {MAX_DEADLINE_S:.0f} s after submission")
+        if self.sampling == "release" and self.recent:
+            raise ValueError("recent keeps the newest clips of uniform sampling: 0 with release sampling")
         return self
 
 
@@ -246,6 +255,14 @@ class Timings(Part):
     total: float = 0.0
 
 
+class Batching(Part):
+    """How an answer shared work with concurrent ones on its worker (the worker's batching at work)."""
+
+    prefix_reused: bool = False  # the window's visual prefix was computed for a concurrent job, not again
+    prefill_batch: int = 1  # questions prefilled in one batch with this one (itself included)
+    decode_batch: int = 1  # the most answers that took one decode step together with this one
+
+
 class Piece(Message):
     """Text generated so far by one attempt: readers concatenate pieces of the latest attempt.
 
@@ -282,6 +299,10 @@ class FinalRecord(Message):
     evidence: list[Evidence]
     worker: str
     model: str
+    # added within v1 (defaulted, so records of older workers still read)
+    sampling: SamplingRule = "uniform"  # as asked
+    file_frames: int | None = None  # release sampling: frames chat() would take from a file this long
+    batching: Batching = Field(default_factory=Batching)
 
 
 class ErrorRecord(Message):

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from flashlive.memory.cancellation import reraise_if_cancelling
 from flashlive.memory.keys import DEFAULT_PREFIX, JobKeys
 from flashlive.memory.messages import TERMINAL, ErrorRecord, FinalRecord, Piece, parse_record
 from flashlive.memory.store import CONNECTION_ERRORS
@@ -77,6 +78,7 @@ async def read_results(
         try:
             reply: Any = await client.xread({keys.results: last}, count=256, block=max(1, round(wait * 1000)))
         except CONNECTION_ERRORS as exc:
+            reraise_if_cancelling(exc)
             if time.monotonic() >= quiet_until:
                 raise ResultTimeoutError(
                     f"no record of job {job!r} for {timeout:g} s (redis: {exc})"

@@ -13,14 +13,17 @@ turns them into text; `Scheduler` decides what runs next; `ModelRunner` runs it 
     engine.abort(b)                 # between steps: frees its row at once
     engine.score_yes_no(prefix, ["Is anyone at the door?"])          # watches: P(Yes) / (P(Yes) + P(No))
 
-Synchronous and not thread-safe: one thread drives it (a worker bridges with a thread and an
-asyncio queue). Every call returns within one prefill or one decode step, so a caller can cancel
-between steps.
+Synchronous and not thread-safe: one thread at a time drives `add`, `step` and `abort` (a worker
+bridges with a thread and an asyncio queue). `prefix` and `score_yes_no` read only the weights and
+the prefix they are given and build caches of their own, so they may run in other threads meanwhile:
+a long prefix need not stall the running answers' decode steps. Every call returns within one
+prefill or one decode step, so a caller can cancel between steps.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +108,8 @@ class _Request:
     first_token_at: float | None = None
     finish_reason: str | None = None
     evidence: list[Evidence] = field(default_factory=list)
+    prefill_batch: int = 0  # questions in the prefill batch it was in
+    decode_batch: int = 0  # the largest decode step it took part in
 
     @property
     def prefix_key(self) -> int:
@@ -135,6 +140,7 @@ class Engine:
         self.runner = ModelRunner(llm, chunk=prefill_chunk, evidence_layer=evidence_layer)
         self.scheduler: Scheduler[_Request] = Scheduler(max_batch)
         self.evidence_top = evidence_top
+        self._tokenizer_lock = threading.Lock()  # prefix() may encode in another thread than add()
         self.stop_ids = default_stop_ids(tokenizer)
         self._bytes = token_bytes(tokenizer)
         self._yes, self._no = self._single_token("Yes"), self._single_token("No")
@@ -329,6 +335,7 @@ class Engine:
         outputs, alive = [], []
         for row, request in enumerate(group):
             request.prefill_s = prefill_s
+            request.prefill_batch = len(group)
             request.evidence = self._evidence(request.prefix.window, batch, row)
             outputs.append(self._advance(request, batch.logits[row]))
             if request.finish_reason is None:
@@ -345,6 +352,8 @@ class Engine:
     def _decode(self, running: list[_Request]) -> list[StepOutput]:
         assert self._cache is not None and self._cache.batch == len(running)
         logits = self.runner.decode(self._cache, [r.output_ids[-1] for r in running])
+        for r in running:
+            r.decode_batch = max(r.decode_batch, len(running))
         outputs = [self._advance(r, logits[row]) for row, r in enumerate(running)]
         keep = [row for row, r in enumerate(running) if r.finish_reason is None]
         if len(keep) < len(running):
@@ -434,6 +443,8 @@ class Engine:
             prompt_tokens=len(p.text_ids) + w.visual_tokens + len(request.suffix_ids),
             new_tokens=len(request.output_ids),
             timings=timings,
+            prefill_batch=request.prefill_batch,
+            decode_batch=request.decode_batch,
         )
 
     # ----------------------------------------------------------------------------------------- watches
@@ -475,7 +486,8 @@ class Engine:
     # --------------------------------------------------------------------------------------- internals
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        with self._tokenizer_lock:
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _single_token(self, word: str) -> int:
         ids = self._encode(word)

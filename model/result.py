@@ -62,6 +62,8 @@ class AnswerResult:
     prompt_tokens: int  # text before the video + visual tokens + question tokens
     new_tokens: int
     timings: Timings = field(default_factory=Timings)
+    prefill_batch: int = 1  # questions prefilled in one batch with this one (itself included)
+    decode_batch: int = 0  # the most sequences one of its decode steps advanced (0: it took none)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

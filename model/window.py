@@ -44,8 +44,9 @@ class VideoWindow:
             )
         if not len(self.starts) == len(self.ends) == len(self.frames) == n:
             raise WindowError("clip ids, starts, ends and frame counts must have one entry per clip")
-        if len(set(self.clip_ids)) != n:
-            raise WindowError("clip ids must be distinct")
+        runs = [cid for i, cid in enumerate(self.clip_ids) if i == 0 or cid != self.clip_ids[i - 1]]
+        if len(set(runs)) != len(runs):  # the release pads by repeating the last clip: only in place
+            raise WindowError("a clip may appear again only right after itself")
         for s, e, f in zip(self.starts, self.ends, self.frames, strict=True):
             if not (math.isfinite(s) and math.isfinite(e) and e > s):
                 raise WindowError(f"a clip must end after it starts, got [{s}, {e})")
@@ -82,11 +83,12 @@ class VideoWindow:
         return self.ends[-1]
 
     @classmethod
-    def from_clips(cls, clips: Sequence[Clip]) -> VideoWindow:
-        """A window of memory clips (e.g. `VideoMemory.read_window`'s result), in time order.
+    def from_clips(cls, clips: Sequence[Clip], *, duration: float | None = None) -> VideoWindow:
+        """A window of memory clips (e.g. `VideoMemory.read_window`'s result), in time order; a clip may
+        repeat right after itself (the release's padding, `sampling.release_window_clips`).
 
-        Clip ids are their memory entry ids; the duration is the span from the first clip's start to
-        the last clip's end.
+        Clip ids are their memory entry ids; the duration is `duration` when given (release sampling
+        states the whole window's), else the span from the first clip's start to the last clip's end.
         """
         if not clips:
             raise WindowError("a window needs at least one clip")
@@ -107,7 +109,7 @@ class VideoWindow:
             starts=tuple(float(c.start) for c in clips),
             ends=tuple(float(c.end) for c in clips),
             frames=tuple(int(c.frames) for c in clips),
-            duration=float(clips[-1].end) - float(clips[0].start),
+            duration=float(clips[-1].end) - float(clips[0].start) if duration is None else float(duration),
             encoder_id=clips[0].encoder_id,
         )
 

@@ -104,9 +104,18 @@ class FakeEngine:
         self.prefixes = 0
         self.active = 0  # answers being decoded now
         self.max_active = 0
+        self.durations: list[float | None] = []  # `duration` of every prefix asked for
         self.lock = threading.Lock()
 
-    def prefix(self, clips: Sequence[Clip], dropout: DropoutSettings | None) -> FakePrefix:
+    def prefix(
+        self,
+        clips: Sequence[Clip],
+        dropout: DropoutSettings | None,
+        *,
+        duration: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FakePrefix:
+        self.durations.append(duration)
         if dropout is not None and dropout.layers[-1] > 24:
             raise EngineRequestError(f"dropout layer {dropout.layers[-1]} is past the model's 24 layers")
         with self.lock:

@@ -138,3 +138,27 @@ def test_recent_keeps_the_newest_clips_and_spreads_the_rest() -> None:
     for n, b, k in [(100, 16, 5), (37, 7, 1), (1000, 128, 32)]:
         idx = recent_indices(n, b, k)
         assert len(idx) == b and idx == sorted(set(idx)) and idx[-k:] == list(range(n - k, n))
+
+
+def test_release_sampling_is_a_defaulted_field_and_refuses_recent() -> None:
+    job = AskJob(stream="cam", question="q")
+    assert job.sampling == "uniform" and '"sampling":"uniform"' in job.dumps()
+    assert parse_job(AskJob(stream="cam", question="q", sampling="release").dumps()).sampling == "release"
+    with pytest.raises(MessageError, match="sampling"):
+        parse_job(json.dumps({**json.loads(job.dumps()), "sampling": "everything"}))
+    with pytest.raises(MessageError, match="recent"):
+        parse_job(json.dumps({**json.loads(job.dumps()), "sampling": "release", "recent": 2}))
+
+
+def test_a_final_record_without_the_later_fields_still_reads() -> None:
+    """Records of workers from before `sampling`, `file_frames` and `batching` parse with defaults."""
+    record = {
+        "v": 1, "type": "final", "job": "j1", "attempt": 1, "stream": "cam", "question": "q", "answer": "a",
+        "finish_reason": "stop", "window": {}, "used_start": 0.0, "used_end": 4.0,
+        "clips": [{"id": "0-1", "start": 0.0, "end": 4.0}], "frames": 4, "visual_tokens": [64],
+        "prompt_tokens": 80, "new_tokens": 1, "dropout": None, "timings": {}, "evidence": [],
+        "worker": "w", "model": "tiny",
+    }  # fmt: skip
+    final = parse_record(json.dumps(record))
+    assert isinstance(final, FinalRecord)
+    assert (final.sampling, final.file_frames, final.batching.prefill_batch) == ("uniform", None, 1)

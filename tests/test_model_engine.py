@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +23,8 @@ from flashlive.memory.server import RedisServer
 from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import Clip
 from flashlive.memory.watches import TickScheduler, WatchStore
-from flashlive.model.engine import Engine
-from flashlive.model.worker.engine import ContextLimitError, EngineRequestError
+from flashlive.model.engine import Engine, PrefixHandle
+from flashlive.model.worker.engine import ContextLimitError, EngineRequestError, EngineStopped
 from flashlive.model.worker.model_engine import ModelEngine
 from flashlive.model.worker.service import Worker, WorkerSettings
 
@@ -193,3 +194,119 @@ def test_jobs_on_the_same_window_share_its_prefix_while_they_hold_it(model: Mode
     del a, b
     gc.collect()
     assert alive() is None  # nobody holds it: freed, not cached forever
+
+
+def test_a_reused_id_with_other_tokens_is_not_taken_for_the_same_prefix(model: ModelEngine) -> None:
+    window = clips(model, 2, seed=5)
+    a = model.prefix(window, None)
+    other = [Clip(c.stream, c.start, c.end, c.frames, -c.tokens, c.encoder_id) for c in window]
+    b = model.prefix(other, None)  # same ids (a stream deleted and written again), other tokens
+    assert b.handle is not a.handle and not b.reused
+
+
+@pytest.mark.slow
+def test_concurrent_asks_on_one_window_share_one_prefix_and_one_prefill(
+    model: ModelEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    window = clips(model, 8, seed=6)
+    generation = Generation(max_new_tokens=4)
+    alone = []
+    for i in range(4):
+        run = model.answer(
+            model.prefix(window, None), f"question {i}?", generation=generation, should_stop=never
+        )
+        alone.append("".join(run))
+    del run
+    gc.collect()  # nobody holds the window's prefix now: the askers below compute it again
+    computed, reused = model.prefixes_computed, model.prefixes_reused
+    engine_prefix = model.engine.prefix
+
+    def slow_prefix(*args: Any, **kwargs: Any) -> PrefixHandle:
+        time.sleep(0.5)  # every asker arrives while it is computed, however busy the machine
+        return engine_prefix(*args, **kwargs)
+
+    start = threading.Barrier(4)
+    outcomes: list[object] = [None] * 4
+    texts = [""] * 4
+
+    def ask(i: int) -> None:
+        start.wait()
+        run = model.answer(
+            model.prefix(window, None), f"question {i}?", generation=generation, should_stop=never
+        )
+        texts[i] = "".join(run)
+        outcomes[i] = run.outcome
+
+    monkeypatch.setattr(model.engine, "prefix", slow_prefix)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert texts == alone  # batched answers are the answers asked one at a time
+    assert (model.prefixes_computed - computed, model.prefixes_reused - reused) == (1, 3)
+    assert sorted(o.prefix_reused for o in outcomes) == [False, True, True, True]  # type: ignore[attr-defined]
+    assert [o.prefill_batch for o in outcomes] == [4, 4, 4, 4]  # type: ignore[attr-defined]
+    assert [o.decode_batch for o in outcomes] == [4, 4, 4, 4]  # type: ignore[attr-defined]
+    assert not model.engine.has_unfinished()
+
+
+@pytest.mark.slow
+def test_a_long_prefix_does_not_stall_the_running_answers(model: ModelEngine) -> None:
+    """The big window's prefix polls its should_stop between 2,048-token chunks: at the first poll it
+    waits until the running answer has decoded more tokens. Were the prefix computed under the step
+    lock, the answer could not move and the wait would time out."""
+    pieces: list[str] = []
+    done = threading.Event()
+    run = model.answer(
+        model.prefix(clips(model, 2, seed=7), None),
+        "Tell me a long story.",
+        generation=Generation(max_new_tokens=2000),
+        should_stop=done.is_set,
+    )
+    decoding = threading.Thread(target=lambda: pieces.extend(run))
+    decoding.start()
+    moved: list[bool] = []
+
+    def meanwhile() -> bool:
+        if not moved:
+            before = len(pieces)
+            deadline = time.monotonic() + 30
+            while len(pieces) < before + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            moved.append(len(pieces) >= before + 3)
+        return False
+
+    try:
+        big = model.prefix(clips(model, 80, stream="big", seed=8), None, should_stop=meanwhile)
+    finally:
+        done.set()
+        decoding.join(30)
+    assert moved == [True] and big.handle.window.num_clips == 80
+    assert run.outcome.finish_reason == "stopped" and not model.engine.has_unfinished()
+
+
+def test_a_stopped_request_leaves_the_prefix_it_waited_for(
+    model: ModelEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(EngineStopped):
+        model.prefix(clips(model, 40, stream="stop", seed=9), None, should_stop=lambda: True)
+    engine_prefix = model.engine.prefix
+    release = threading.Event()
+
+    def held_prefix(*args: Any, **kwargs: Any) -> PrefixHandle:
+        release.wait(10)
+        return engine_prefix(*args, **kwargs)
+
+    window = clips(model, 3, stream="wait", seed=10)
+    monkeypatch.setattr(model.engine, "prefix", held_prefix)
+    first = threading.Thread(target=lambda: model.prefix(window, None))
+    first.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineStopped, match="waiting"):
+            model.prefix(window, None, should_stop=lambda: time.monotonic() - t0 > 0.2)
+    finally:
+        release.set()
+        first.join(30)

@@ -352,3 +352,57 @@ async def test_redis_restarted_under_a_running_worker(tmp_path: Path) -> None:
             await wait_for(alive)
         finally:
             await stop_env(env, task)
+
+
+async def test_release_sampling_applies_chat_rule_to_the_window(env: Env) -> None:
+    for i in range(20):  # 80 s at 1 fps: 80 frames of 4-frame clips
+        await env.memory.append(clip("cam", i))
+    _, final = await env.ask(window={"last": 40}, sampling="release")
+    assert isinstance(final, FinalRecord), final
+    # 10 clips = 40 frames: N = 8 * floor(40 / 8) = 40, the minimum 64 drops to what the window has
+    assert final.sampling == "release" and final.frames == 40 and len(final.clips) == 10
+    assert final.file_frames == 64  # what chat() takes from a 40 s file: the memory cannot give it
+    assert env.engine.durations[-1] == 40.0  # the time message states the whole window
+    _, final = await env.ask(sampling="release", budget=8)  # the budget is chat()'s maximum
+    assert isinstance(final, FinalRecord) and final.frames == 64 and len(final.clips) == 16  # min wins
+    # middles of 16 equal intervals of the 20 clips
+    assert [c.start for c in final.clips] == [
+        4.0 * i for i in (0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18)
+    ]
+    _, final = await env.ask(window={"last": 4}, sampling="release")  # one clip: padded, as chat() pads
+    assert isinstance(final, FinalRecord)
+    assert [c.start for c in final.clips] == [76.0, 76.0] and final.frames == 8
+    assert [e.clip_id for e in final.evidence] == ["76000-1"]  # cited once
+    _, last = await env.ask(sampling="release", budget=30)
+    assert (
+        isinstance(last, ErrorRecord)
+        and last.code == ErrorCode.INVALID_REQUEST
+        and "multiple of 4" in last.message
+    )
+    _, final = await env.ask(window={"last": 8})  # uniform: the default, states the clips' span
+    assert isinstance(final, FinalRecord) and final.sampling == "uniform" and final.file_frames is None
+    assert env.engine.durations[-1] is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"engine": {"step_s": 0.05, "length": 400}, "settings": {"drain": 0.3, "lease": 30}}],
+    indirect=True,
+)
+async def test_stop_hands_a_running_job_back_at_once(env: Env) -> None:
+    await env.memory.append(clip("cam", 0))
+    job = AskJob(stream="cam", question="long story")
+    await env.queue.submit(job)
+    reader = aiter_records(env, job.id)
+    assert isinstance(await anext(reader), Piece)
+    t0 = time.monotonic()
+    env.worker.stop()
+
+    async def idle() -> bool:
+        return not env.worker.running
+
+    await wait_for(idle, timeout=3)
+    assert time.monotonic() - t0 < 1.5  # the drain (0.3 s) and one decode step, not the whole answer
+    # handed back: another worker takes it over at once, though the lease is 30 s
+    [taken] = await env.queue.reclaim("other", lease=30)
+    assert taken.entry_id and (await env.queue.status(job.id)).status == "running"  # type: ignore[union-attr]

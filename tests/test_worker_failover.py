@@ -133,7 +133,10 @@ async def test_the_other_worker_finishes_a_job_whose_worker_froze_or_died(
         await asyncio.sleep(1.5)
     everything = [rec async for _, rec in read_results(queue.client, job.id, prefix=queue.prefix, timeout=5)]
     assert [type(r) for r in everything] == [type(r) for _, r in records]
-    assert (await queue.depth()).waiting == 0 and (await queue.depth()).running == 0
+    deadline = time.monotonic() + 10  # the worker acks right after its final record: give it a moment
+    while (depth := await queue.depth()).waiting or depth.running:
+        assert time.monotonic() < deadline, depth
+        await asyncio.sleep(0.02)
     # and the survivor goes on serving
     nxt = AskJob(stream="cam", question="and now?")
     await queue.submit(nxt)

@@ -6,7 +6,8 @@ through an asyncio queue (`bridge.py`). Its three calls follow the split of the 
 
 - `prefix(clips, dropout)`: the question-independent part (projector, system text, visual tokens,
   with the request's dropout settings): computed once per window and shared read-only by every
-  question about that window (the asks of one job, the watches of one stream tick);
+  question about that window (concurrent asks on it, the watches of one stream tick); it may take
+  long (a big window), so it polls `should_stop()` and raises `EngineStopped` when told to;
 - `answer(prefix, question, ...)`: the per-question suffix (its prefill, and the text-guided dropout
   stages, which need the question) and the decode loop, as an iterator of text pieces; it calls
   `should_stop()` before each decode step, so a cancelled or expired job frees the worker within
@@ -41,6 +42,11 @@ class ContextLimitError(EngineRequestError):
     code = ErrorCode.CONTEXT_LIMIT
 
 
+class EngineStopped(Exception):
+    """`should_stop()` turned true while a prefix was computed or waited for: nothing to answer with.
+    The worker writes what the stop means (cancelled, deadline, nothing when taken over)."""
+
+
 @dataclass
 class AnswerOutcome:
     """What an engine reports once an answer's pieces are exhausted."""
@@ -54,6 +60,9 @@ class AnswerOutcome:
     evidence: list[tuple[int, float]] = field(default_factory=list)
     # seconds: projector, prefill, first_token (from the start of `prefix`), decode
     timings: dict[str, float] = field(default_factory=dict)
+    prefix_reused: bool = False  # the prefix was computed for another (concurrent) request
+    prefill_batch: int = 1  # questions prefilled together with this one, itself included
+    decode_batch: int = 1  # the largest decode step this answer took part in (answers at once)
 
 
 class AnswerRun(Protocol):
@@ -73,9 +82,18 @@ class Engine(Protocol):
     encoder_id: str  # the token space it reads: memory refuses tokens of another encoder
     clip_frames: int  # frames per clip (4): turns a frame budget into clips
 
-    def prefix(self, clips: Sequence[Clip], dropout: DropoutSettings | None) -> Any:
-        """The shared visual prefix of these clips (in time order). Blocking. Raises
-        EngineRequestError (e.g. ContextLimitError, or dropout settings this model cannot run)."""
+    def prefix(
+        self,
+        clips: Sequence[Clip],
+        dropout: DropoutSettings | None,
+        *,
+        duration: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Any:
+        """The shared visual prefix of these clips (in time order; the last may repeat, as the release
+        pads). `duration`: the time message's seconds, when not the clips' span (release sampling).
+        Blocking. Raises EngineRequestError (e.g. ContextLimitError, or dropout settings this model
+        cannot run), EngineStopped when `should_stop()` turns true before it is ready."""
         ...
 
     def answer(

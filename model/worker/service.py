@@ -33,13 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from flashlive.memory.errors import (
-    EmptyStreamError,
-    EncoderMismatchError,
-    InvalidRequestError,
-    RangeOutsideMemoryError,
-    UnknownStreamError,
-)
+from flashlive.memory.cancellation import reraise_if_cancelling
 from flashlive.memory.jobs import (
     DEFAULT_LEASE,
     MAX_DELIVERIES,
@@ -54,6 +48,7 @@ from flashlive.memory.jobs import (
 from flashlive.memory.keys import DEFAULT_PREFIX, entry_id
 from flashlive.memory.messages import (
     AskJob,
+    Batching,
     ClipSpan,
     ErrorCode,
     ErrorRecord,
@@ -69,8 +64,9 @@ from flashlive.memory.store import CONNECTION_ERRORS, VideoMemory, make_client
 from flashlive.memory.types import Clip
 from flashlive.memory.watches import DEFAULT_TICK_LEASE, TickScheduler, WatchStore
 from flashlive.model.worker.bridge import ThreadedRun
-from flashlive.model.worker.engine import AnswerOutcome, Engine, EngineRequestError
+from flashlive.model.worker.engine import AnswerOutcome, Engine, EngineRequestError, EngineStopped
 from flashlive.model.worker.watching import TickEvaluator
+from flashlive.model.worker.windows import JobWindow, WindowRefused, read_job_window
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +88,7 @@ class WorkerSettings:
     watch_poll: float = 0.5  # s between looks for new ticks when there were none
     tick_lease: float = DEFAULT_TICK_LEASE
     max_lag: float = 0.0  # s: watches this far behind skip to the newest clip (counted); 0 = never
-    drain: float = 10.0  # s running jobs get to finish on stop before they are handed back
+    drain: float = 1.0  # s (from the stop) running jobs get to finish before they are handed back
     retry_max: float = 2.0  # s: the longest wait between retries while Redis is away
 
     def __post_init__(self) -> None:
@@ -210,8 +206,9 @@ class Worker:
             await stopping.wait()
         finally:
             stopping.set()
+            drain_until = time.monotonic() + s.drain  # the loops' last rounds count against the drain
             await _finish(tasks, timeout=s.block + 5.0)
-            await self._drain()
+            await self._drain(drain_until)
             closing.set()
             await _finish([heartbeat], timeout=5.0)
             await self._goodbye()
@@ -219,11 +216,12 @@ class Worker:
                 await close()
             log.info("worker %s stopped: %s", self.name, dict(self.outcomes))
 
-    async def _drain(self) -> None:
+    async def _drain(self, until: float) -> None:
         pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            log.info("waiting up to %.0f s for %d running job(s)", self.settings.drain, len(pending))
-            await asyncio.wait(pending, timeout=self.settings.drain)
+        wait = until - time.monotonic()
+        if pending and wait > 0:
+            log.info("waiting up to %.1f s for %d running job(s)", wait, len(pending))
+            await asyncio.wait(pending, timeout=wait)
         for run in list(self.running.values()):
             run.halt("shutdown")
         with contextlib.suppress(*CONNECTION_ERRORS):
@@ -253,7 +251,7 @@ class Worker:
                 wait = await once()
                 delay = 0.05
             except CONNECTION_ERRORS as exc:
-                _reraise_cancel(exc)
+                reraise_if_cancelling(exc)
                 if delay == 0.05:
                     log.warning("%s: redis unreachable (%s); retrying", what, exc)
                 wait = delay
@@ -261,7 +259,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _reraise_cancel(exc)
+                reraise_if_cancelling(exc)
                 log.exception("%s: unexpected error; going on", what)
                 wait = 1.0
             pause = every if wait is None else wait
@@ -290,24 +288,66 @@ class Worker:
 
     # -- the loops -------------------------------------------------------------------------------
 
+    async def _slot(self) -> bool:
+        """Wait for a free slot; False (holding none) once the worker is stopping, so that no loop
+        sits on the semaphore past a stop while every slot is busy."""
+        stopping = self._stopping
+        assert stopping is not None
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()  # the semaphore passes a wake-up it got meanwhile on to the next waiter
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+        if acquire.cancelled():
+            return False
+        if stopping.is_set():
+            self._slots.release()
+            return False
+        return True
+
     async def _intake_once(self) -> float:
-        await self._slots.acquire()
+        """Wait for a job with one slot; then take as many more as there are free slots at once, so
+        that jobs submitted together start together (and share prefixes and prefill batches)."""
+        if not await self._slot():
+            return 0.0
+        held = 1
         try:
             deliveries = await self.queue.read(self.name, count=1, block=self.settings.block)
+            while deliveries and not self._slots.locked():
+                await self._slots.acquire()  # free: does not wait
+                held += 1
+            if held > 1:
+                deliveries += await self._read_more(held - 1)
         except BaseException:
-            self._slots.release()
+            for _ in range(held):
+                self._slots.release()
             raise
-        if not deliveries:
+        for d in deliveries:
+            self._spawn(self._handle(d), f"job-{d.entry_id}")
+        for _ in range(held - len(deliveries)):
             self._slots.release()
-            return 0.0
-        self._spawn(self._handle(deliveries[0]), f"job-{deliveries[0].entry_id}")
         return 0.0
+
+    async def _read_more(self, count: int) -> list[Delivery]:
+        """Jobs already waiting, without blocking; none when that read fails (the job already read
+        must start anyway; anything the lost reply held is reclaimed after the lease)."""
+        try:
+            return await self.queue.read(self.name, count=count, block=0.001)
+        except CONNECTION_ERRORS as exc:
+            reraise_if_cancelling(exc)
+            return []
 
     async def _reclaim_once(self) -> None:
         """Take over stale jobs while there are any, each when a slot is free (waiting for one: the
         intake holds a slot while it blocks, and the semaphore serves waiters in turn)."""
         while True:
-            await self._slots.acquire()
+            if not await self._slot():
+                return
             try:
                 taken = await self.queue.reclaim(self.name, lease=self.settings.lease, count=1)
             except BaseException:
@@ -348,7 +388,8 @@ class Worker:
         if not streams:
             return self.settings.watch_poll
         random.shuffle(streams)  # no stream always first when workers are scarce
-        await self._slots.acquire()
+        if not await self._slot():
+            return 0.0
         try:
             tick = None
             for stream in streams:
@@ -419,16 +460,22 @@ class Worker:
             return
         run = _Running(job, d, attempt)
         self.running[job.id] = run
+        log.info(
+            "job %s: attempt %d on %s, %s: %r", job.id, attempt, job.stream, job.window.describe(),
+            job.question[:80],
+        )  # fmt: skip
         try:
             record = await self._answer(run)
         finally:
             del self.running[job.id]
         if record is None:  # taken over by another worker, or this one is shutting down
+            log.info("job %s: left to another worker (%s)", job.id, run.reason)
             return
         written, rid = await self._retry(lambda: self.queue.finish(record), until=until)
         if written or rid:  # ours, or an earlier attempt's: the job is done either way
             self.outcomes["final" if isinstance(record, FinalRecord) else record.code] += 1
             await self._retry(lambda: self.queue.ack(d.entry_id), until=until)
+        log.info("job %s: %s", job.id, _summary(record) if written else "already answered elsewhere")
 
     async def _refuse(self, d: Delivery, record: ErrorRecord, until: float) -> None:
         """Answer a job that will not run with an error record, and take it off the queue."""
@@ -448,16 +495,21 @@ class Worker:
         def error(code: ErrorCode, message: str) -> ErrorRecord:
             return ErrorRecord(job=job.id, attempt=run.attempt, code=code, message=message)
 
-        clips_or_error = await self._read_window(job)
-        if isinstance(clips_or_error, tuple):
-            return error(*clips_or_error)
-        clips = clips_or_error
+        try:
+            window = await read_job_window(
+                self.memory, job, encoder_id=self.engine.encoder_id, clip_frames=self.engine.clip_frames
+            )
+        except WindowRefused as exc:
+            return error(exc.code, exc.message)
+        clips = window.clips
         memory_read = time.time() - started
         first_piece: float | None = None
         seq = 0
 
         def work(emit: Callable[[str], None]) -> AnswerOutcome:
-            prefix = self.engine.prefix(clips, job.dropout)
+            prefix = self.engine.prefix(
+                clips, job.dropout, duration=window.duration, should_stop=run.should_stop
+            )
             answer = self.engine.answer(
                 prefix,
                 job.question,
@@ -470,6 +522,7 @@ class Worker:
 
         threaded: ThreadedRun[str, AnswerOutcome] = ThreadedRun(work, name=f"job-{job.id[:12]}")
         until = max(job.deadline, time.time()) + WRITE_GRACE
+        stopped = False
         try:
             async for batch in threaded.batches():
                 if run.stop.is_set():
@@ -483,6 +536,8 @@ class Worker:
                     run.halt("cancelled")
                 else:
                     run.halt("superseded")
+        except EngineStopped:
+            stopped = True  # before its prefix was ready; what it means is decided below
         except EngineRequestError as exc:
             return error(exc.code, str(exc))
         except Exception as exc:
@@ -496,60 +551,25 @@ class Worker:
         if run.reason == "cancelled":
             return error(ErrorCode.CANCELLED, "cancelled by the viewer")
         outcome = threaded.result
-        assert outcome is not None
+        if stopped or outcome is None:
+            return error(ErrorCode.DEADLINE_EXCEEDED, f"{_late(job)} (before its first token)")
         if outcome.finish_reason == "stopped":
             return error(ErrorCode.DEADLINE_EXCEEDED, f"{_late(job)} ({outcome.new_tokens} tokens generated)")
-        return self._final(run, clips, outcome, started, memory_read, first_piece)
-
-    async def _read_window(self, job: AskJob) -> list[Clip] | tuple[ErrorCode, str]:
-        """The job's clips, or why there are none (an error code and a message for the viewer)."""
-        per_clip = self.engine.clip_frames
-        budget = max(1, job.budget // per_clip)
-        if job.recent > budget:
-            return ErrorCode.INVALID_REQUEST, (
-                f"recent={job.recent} clips is more than the budget of {budget} clips ({job.budget} frames, "
-                f"{per_clip} per clip)"
-            )
-        w = job.window
-        try:
-            clips = await self.memory.read_window(
-                job.stream, encoder_id=self.engine.encoder_id, start=w.start, end=w.end, last=w.last,
-                budget=budget, recent=job.recent,
-            )  # fmt: skip
-        except UnknownStreamError as exc:
-            return ErrorCode.UNKNOWN_STREAM, str(exc)
-        except EmptyStreamError as exc:
-            return ErrorCode.EMPTY_MEMORY, str(exc)
-        except RangeOutsideMemoryError as exc:
-            return ErrorCode.WINDOW_OUTSIDE_MEMORY, str(exc)
-        except EncoderMismatchError as exc:
-            return ErrorCode.ENCODER_MISMATCH, str(exc)
-        except InvalidRequestError as exc:
-            return ErrorCode.INVALID_REQUEST, str(exc)
-        if not clips:
-            return ErrorCode.WINDOW_EMPTY, (
-                f"no clip of stream {job.stream!r} starts in {w.describe()}: the stream paused there"
-            )
-        return clips
+        return self._final(run, window, outcome, started, memory_read, first_piece)
 
     def _final(
         self,
         run: _Running,
-        clips: list[Clip],
+        window: JobWindow,
         outcome: AnswerOutcome,
         started: float,
         memory_read: float,
         first_piece: float | None,
     ) -> FinalRecord:
-        job = run.job
+        job, clips = run.job, window.clips
         now = time.time()
         t = outcome.timings
         decode = t.get("decode", 0.0)
-        evidence = [
-            Evidence(clip_id=entry_id(clips[i].start), start=clips[i].start, end=clips[i].end, score=score)
-            for i, score in outcome.evidence
-            if 0 <= i < len(clips)
-        ]
         return FinalRecord(
             job=job.id, attempt=run.attempt, stream=job.stream, question=job.question, answer=outcome.text,
             finish_reason="length" if outcome.finish_reason == "length" else "stop", window=job.window,
@@ -564,8 +584,29 @@ class Worker:
                 tokens_per_s=outcome.new_tokens / decode if decode > 0 else 0.0,
                 total=max(0.0, now - job.submitted),
             ),
-            evidence=evidence, worker=self.name, model=self.engine.name,
+            evidence=_evidence(clips, outcome.evidence), worker=self.name, model=self.engine.name,
+            sampling=job.sampling, file_frames=window.file_frames,
+            batching=Batching(
+                prefix_reused=outcome.prefix_reused, prefill_batch=max(1, outcome.prefill_batch),
+                decode_batch=max(1, outcome.decode_batch),
+            ),
         )  # fmt: skip
+
+
+def _evidence(clips: list[Clip], found: list[tuple[int, float]]) -> list[Evidence]:
+    """The engine's (clip index, score) as replayable clips; a clip the release's padding repeated is
+    cited once, with its copies' scores summed."""
+    scores: dict[int, float] = {}
+    for i, score in found:
+        if 0 <= i < len(clips):
+            key = round(clips[i].start * 1000)
+            first = next(j for j, c in enumerate(clips) if round(c.start * 1000) == key)
+            scores[first] = scores.get(first, 0.0) + score
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return [
+        Evidence(clip_id=entry_id(clips[i].start), start=clips[i].start, end=clips[i].end, score=score)
+        for i, score in ranked
+    ]
 
 
 async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
@@ -577,12 +618,16 @@ async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _reraise_cancel(exc: BaseException) -> None:
-    """Python 3.11's asyncio.timeout (inside redis-py) can turn a task's cancellation into a
-    TimeoutError; a loop that took that for a Redis outage would never stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from exc
+def _summary(record: FinalRecord | ErrorRecord) -> str:
+    if isinstance(record, ErrorRecord):
+        return f"{record.code}: {record.message}"
+    t, b = record.timings, record.batching
+    shared = ", prefix shared" if b.prefix_reused else ""
+    return (
+        f"answered: {record.new_tokens} tokens ({record.finish_reason}) from {len(record.clips)} clips in "
+        f"{t.total:.2f} s, first token {t.first_token:.2f} s, {t.tokens_per_s:.1f} tokens/s; "
+        f"prefill batch {b.prefill_batch}, decode batch {b.decode_batch}{shared}"
+    )
 
 
 def _late(job: AskJob) -> str:
