@@ -20,6 +20,7 @@ import numpy as np
 from flashlive.model.config import DropoutConfig, FlashConfig
 from flashlive.model.evaluation.errors import EvalError
 from flashlive.model.evaluation.items import Item, Video, WorldVideo
+from flashlive.model.evaluation.scoring import MULTIPLE_CHOICE
 from flashlive.model.evaluation.tokens import ClipEncoder, FileTokens, WorldTokens
 from flashlive.model.world import CLIP_FRAMES
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 32  # the longest world answer (an event sentence) is about 12 tokens
+CHOICE_TOKENS = 4  # an option letter, maybe with its parenthesis: the paper reads the first token
 PROMPT_MARGIN = 256  # text tokens a question, the time message and the answer take beside the video
 
 
@@ -96,19 +98,29 @@ class ModelSource:
         self.engine = engine
         self.encoder = encoder
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+        self.choice_params = SamplingParams(
+            max_new_tokens=min(CHOICE_TOKENS, max_new_tokens), temperature=0.0
+        )
         self.world_tokens = WorldTokens(encoder)
         self.file_tokens = FileTokens(encoder)
         self._window: tuple[str, object] | None = None  # the last item's window: reused across dropouts
 
     @classmethod
     def load(
-        cls, model: str, *, device: str = "cpu", dtype: str = "auto", download: bool = False
+        cls,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        download: bool = False,
+        max_new_tokens: int = MAX_NEW_TOKENS,
     ) -> ModelSource:
         from flashlive.model.engine import Engine
         from flashlive.model.pipeline import load_tower_encoder
 
         encoder = load_tower_encoder(model, device=device, dtype=dtype, download=download)
-        return cls(Engine.load(model, device=device, dtype=dtype, download=download), encoder)
+        engine = Engine.load(model, device=device, dtype=dtype, download=download)
+        return cls(engine, encoder, max_new_tokens=max_new_tokens)
 
     @property
     def name(self) -> str:
@@ -156,10 +168,12 @@ class ModelSource:
         asked: list[int] = []
         prefill_wall = prefill_cpu = 0.0
         step = engine.scheduler.max_batch
-        questions = [q.text for q in item.questions]
+        questions = [
+            (q.text, self.choice_params if q.kind in MULTIPLE_CHOICE else self.params) for q in item.questions
+        ]
         try:
             for i in range(0, len(questions), step):
-                ids = [engine.add(prefix, q, self.params) for q in questions[i : i + step]]
+                ids = [engine.add(prefix, q, params) for q, params in questions[i : i + step]]
                 asked += ids
                 if i:  # later batches: time their prefill alone
                     wall0, cpu0 = time.perf_counter(), time.process_time()
