@@ -260,7 +260,8 @@ def single_items(
         for depth in depths:
             for n in data.single[:count]:
                 at = _clip_floor(depth * frames)
-                video = FileVideo(data.haystack, (Span(0, at), n.image, Span(at, frames)), longest)
+                parts = _nonempty((Span(0, at), n.image, Span(at, frames)))
+                video = FileVideo(data.haystack, parts, longest)
                 q = Question("niah_video", n.question, Truth("niah_video", n.answer))
                 yield Item(
                     f"niah-video-{n.id}-{frames}-{depth:g}", video, (q,), {"frames": frames, "depth": depth}
@@ -274,9 +275,11 @@ def chain_video(data: NiahVideoData, chain: Chain, frames: int, longest: int) ->
     parts: list[Span | Path] = [chain.images[0]]
     for k in range(1, len(chain.images)):
         parts += [Span(_clip_floor((k - 1) * gap), _clip_floor(k * gap)), chain.images[k]]
-    return FileVideo(
-        data.haystack, tuple(p for p in parts if not isinstance(p, Span) or p.stop > p.start), longest
-    )
+    return FileVideo(data.haystack, _nonempty(parts), longest)
+
+
+def _nonempty(parts: Sequence[Span | Path]) -> tuple[Span | Path, ...]:
+    return tuple(p for p in parts if not isinstance(p, Span) or p.stop > p.start)
 
 
 def multi_items(data: NiahVideoData, lengths: Sequence[int], count: int | None = None) -> Iterator[Item]:
