@@ -179,6 +179,7 @@ def tiny() -> ModelSource:
     return ModelSource.load("tiny", max_new_tokens=6)
 
 
+@pytest.mark.slow
 def test_the_haystack_cache_gives_the_tokens_of_a_fresh_encode(tiny: ModelSource) -> None:
     """A needle item's tokens: the cached haystack with only the needle's clips encoded again equals
     encoding the whole item from scratch, with plain frames and with x264 runs (8 frames, 2 clips)."""
@@ -198,6 +199,7 @@ def test_the_haystack_cache_gives_the_tokens_of_a_fresh_encode(tiny: ModelSource
         assert cache.encoded_clips == 8 + (2 if style.codec == "h264" else 1)
 
 
+@pytest.mark.slow
 def test_tiny_answers_end_to_end_and_writes_json_and_png(tiny: ModelSource, tmp_path: Path) -> None:
     result = harness.run_niah(tiny, items=1, lengths=[16, 32], depths=[0.0, 1.0])
     assert result["overall"]["n"] == 4 and 0.0 <= result["overall"]["accuracy"] <= 1.0
@@ -211,6 +213,7 @@ def test_tiny_answers_end_to_end_and_writes_json_and_png(tiny: ModelSource, tmp_
     assert "niah:" in report.summary(result)
 
 
+@pytest.mark.slow
 def test_tiny_dropout_modes_keep_what_the_recipe_says(tiny: ModelSource) -> None:
     (item,) = niah_items(1, [32], [0.5], offset=7)
     encoded = tiny.world_tokens.encoded_clips
@@ -225,6 +228,7 @@ def test_tiny_dropout_modes_keep_what_the_recipe_says(tiny: ModelSource) -> None
     assert tiny.world_tokens.encoded_clips - encoded == 8 + 1
 
 
+@pytest.mark.slow
 def test_the_command_runs_a_part_and_says_where_results_went(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

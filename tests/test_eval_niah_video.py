@@ -133,6 +133,7 @@ def test_known_good_and_known_bad_answers_on_the_folder(folder: Path) -> None:
     assert good["settings"]["needles"] == 2 and good["settings"]["chains"] == 1
 
 
+@pytest.mark.slow
 def test_the_model_reads_the_haystack_once_and_each_needle_as_a_clip(folder: Path, tmp_path: Path) -> None:
     source = ModelSource.load("tiny", max_new_tokens=4)
     data = niah_video.load(folder)
