@@ -223,9 +223,22 @@ class _ModeRun:
     name: str
     dropout: DropoutConfig | None
     records: list[Record] = field(default_factory=list)
-    prefill_s: float = 0.0
-    prefill_cpu_s: float = 0.0
+    wall: dict[str, float] = field(default_factory=dict)  # prefill seconds per item set
+    cpu: dict[str, float] = field(default_factory=dict)
     kept: dict[int, tuple[int, ...]] = field(default_factory=dict)  # visual tokens -> kept per stage
+
+    def seconds(self, sets: Sequence[str]) -> tuple[float, float]:
+        return sum(self.wall.get(s, 0.0) for s in sets), sum(self.cpu.get(s, 0.0) for s in sets)
+
+
+def _timing(mode: tuple[float, float], off: tuple[float, float]) -> dict[str, float | None]:
+    """Prefill seconds (wall, CPU) of a mode and its speed-up over dropout off."""
+    return {
+        "prefill_s": round(mode[0], 4),
+        "prefill_cpu_s": round(mode[1], 4),
+        "speedup": round(off[0] / mode[0], 3) if mode[0] > 0 else None,
+        "speedup_cpu": round(off[1] / mode[1], 3) if mode[1] > 0 else None,
+    }
 
 
 def run_dropout(
@@ -257,29 +270,32 @@ def run_dropout(
             run = runs[(n + k) % len(runs)]
             records, answers = ask(source, item, run.dropout)
             run.records += [Record(**{**asdict(r), "cell": {**r.cell, "set": set_name}}) for r in records]
-            run.prefill_s += answers.prefill_s
-            run.prefill_cpu_s += answers.prefill_cpu_s
+            run.wall[set_name] = run.wall.get(set_name, 0.0) + answers.prefill_s
+            run.cpu[set_name] = run.cpu.get(set_name, 0.0) + answers.prefill_cpu_s
             run.kept.setdefault(answers.visual_tokens, answers.visual_kept)
     off = runs[0]
+    base = _overall(off.records)
     modes = []
     for run in runs:
         acc = _overall(run.records)
-        base = _overall(off.records)
+        by_set = {
+            name: {
+                **_overall([r for r in run.records if r.cell["set"] == name]),
+                **_timing(run.seconds([name]), off.seconds([name])),
+            }
+            for name in set_names
+        }
+        points = None
+        if acc["accuracy"] is not None and base["accuracy"] is not None:
+            points = round(100 * (acc["accuracy"] - base["accuracy"]), 2)
         modes.append(
             {
                 "name": run.name,
                 "dropout": describe(run.dropout),
                 **acc,
-                "by_set": {s: _overall([r for r in run.records if r.cell["set"] == s]) for s in set_names},
-                "points_vs_off": None
-                if acc["accuracy"] is None or base["accuracy"] is None
-                else round(100 * (acc["accuracy"] - base["accuracy"]), 2),
-                "prefill_s": round(run.prefill_s, 4),
-                "prefill_cpu_s": round(run.prefill_cpu_s, 4),
-                "speedup": round(off.prefill_s / run.prefill_s, 3) if run.prefill_s > 0 else None,
-                "speedup_cpu": round(off.prefill_cpu_s / run.prefill_cpu_s, 3)
-                if run.prefill_cpu_s > 0
-                else None,
+                "points_vs_off": points,
+                **_timing(run.seconds(set_names), off.seconds(set_names)),
+                "by_set": by_set,
                 "visual_kept": {str(k): list(v) for k, v in sorted(run.kept.items())},
             }
         )

@@ -70,6 +70,9 @@ def summary(result: dict[str, Any]) -> str:
                 else f" ({m['points_vs_off']:+.1f} pts)"
             )
             lines.append(f"  {m['name']}: {pct(m)}{pts}; prefill {m['prefill_s']:.2f} s{speed}")
+            for name, t in m["by_set"].items():
+                if t["speedup"] is not None:
+                    lines.append(f"    {name}: {pct(t)}; prefill {t['prefill_s']:.2f} s, {t['speedup']:.2f}x")
     elif part == "niah-video":
         lines.append(f"  single-hop: {pct(result['single']['overall'])}")
         lines += _grid_lines(result["single"]["grid"])
