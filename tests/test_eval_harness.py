@@ -19,7 +19,7 @@ from flashlive.model.config import DropoutConfig
 from flashlive.model.evaluation import harness, heatmap, report
 from flashlive.model.evaluation.errors import EvalError
 from flashlive.model.evaluation.items import WorldVideo, mhniah_items, niah_items
-from flashlive.model.evaluation.modes import dropout_modes, scale_layers
+from flashlive.model.evaluation.modes import dropout_modes
 from flashlive.model.evaluation.settings import EvalSettings
 from flashlive.model.evaluation.sources import ModelSource
 from flashlive.model.evaluation.tokens import WorldTokens, encode_frames
@@ -123,14 +123,17 @@ def test_dropout_compares_the_same_items_in_every_mode() -> None:
 
 
 def test_the_recipe_keeps_its_relative_depths() -> None:
-    assert scale_layers((4, 18), 28) == (4, 18)
-    assert scale_layers((4, 18), 4) == (1, 3)  # tiny
-    assert scale_layers((4, 18), 12) == (2, 8)
-    with pytest.raises(EvalError, match="no room"):
-        scale_layers((4, 18), 2)
+    def layers(n: int) -> list[tuple[int, ...] | None]:
+        return [None if d is None else d.layers for _, d in dropout_modes(n)]
+
+    assert layers(28) == [None, (4, 18), (4, 18)]
+    assert layers(4) == [None, (1, 3), (1, 3)]  # tiny
+    assert layers(6) == [None, (1, 4), (1, 4)]  # mini
+    with pytest.raises(EvalError, match="too few"):
+        dropout_modes(2)
     modes = dict(dropout_modes(4))
-    assert modes["off"] is None
     assert modes["recipe"] == DropoutConfig("uniform0_attention", (1, 3), (1.0, 0.75, 0.25))
+    assert modes["harsh"] == DropoutConfig("uniform0_attention", (1, 3), (1.0, 0.5, 0.125))
 
 
 def test_haystacks_longer_than_the_context_fail_before_anything_runs() -> None:
