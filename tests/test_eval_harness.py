@@ -184,22 +184,41 @@ def tiny() -> ModelSource:
 
 @pytest.mark.slow
 def test_the_haystack_cache_gives_the_tokens_of_a_fresh_encode(tiny: ModelSource) -> None:
-    """A needle item's tokens: the cached haystack with only the needle's clips encoded again equals
-    encoding the whole item from scratch, with plain frames and with x264 runs (8 frames, 2 clips)."""
+    """A needle item's tokens: the cached haystack (grown from 16 to 32 frames on demand) with only the
+    needle's clips encoded again equals encoding the whole item from scratch, with plain frames and
+    with x264 runs (8 frames, 2 clips)."""
     encoder = tiny.encoder
     assert isinstance(encoder, TowerEncoder)
     for style in (Style(), Style(width=160, height=120, codec="h264", quality=30)):
         item = make_niah(HELDOUT_START + 3, frames=32, depth=0.5, style=style)
+        empty = World(item.world.seed, style=style)
         cache = WorldTokens(encoder)
+        short = cache.tokens(WorldVideo(empty, 16))
         cached = cache.tokens(WorldVideo(item.world, 32, haystack_frames=32))
         fresh = encode_frames(encoder, images(item.world, 32))
         assert cached.shape == fresh.shape == (8, 64, encoder.width)
         np.testing.assert_allclose(cached.astype(np.float32), fresh.astype(np.float32), atol=2e-2, rtol=0)
-        haystack = encode_frames(encoder, images(World(item.world.seed, style=style), 32))
+        haystack = encode_frames(encoder, images(empty, 32))
+        np.testing.assert_allclose(
+            short.astype(np.float32), haystack[:4].astype(np.float32), atol=2e-2, rtol=0
+        )
         changed = {c for c in range(8) if not np.allclose(fresh[c], haystack[c], atol=2e-2)}
         assert set(item.needle_clips) <= changed
-        # the haystack's 8 clips once, then the needle's clip (or its x264 run of two)
+        # the haystack's 8 clips once (4, then 4 more), then the needle's clip (or its x264 run of two)
         assert cache.encoded_clips == 8 + (2 if style.codec == "h264" else 1)
+        cache.tokens(WorldVideo(empty, 32))
+        assert cache.encoded_clips == 8 + (2 if style.codec == "h264" else 1)
+
+
+@pytest.mark.slow
+def test_haystacks_of_several_worlds_stay_cached_within_the_budget(tiny: ModelSource) -> None:
+    videos = [WorldVideo(World(seed), 16) for seed in heldout_seeds(2)]
+    roomy, tight = WorldTokens(tiny.encoder), WorldTokens(tiny.encoder, cache_bytes=0)
+    for cache in (roomy, tight):
+        for video in videos * 2:
+            cache.tokens(video)
+    assert roomy.encoded_clips == 2 * 4  # each world once
+    assert tight.encoded_clips == 4 * 4  # only the world in use is kept
 
 
 @pytest.mark.slow

@@ -10,13 +10,14 @@ item's video from scratch (tests/test_eval_harness.py checks it).
 `FileTokens` does the same for NIAH-Video: the haystack file's 1-fps frames once, each needle image
 once (as a clip of four copies, as the paper encodes it).
 
-Memory: one world's (or file's) haystack tokens at a time, [clips, 64, C] float16 (3,000 frames of a
-1,024-wide tower: 96 MB), plus the item being answered.
+Memory: haystack tokens, [clips, 64, C] float16 (3,000 frames of a 1,024-wide tower: 96 MB; of mini's
+192-wide one: 18 MB), up to CACHE_BYTES of recent worlds, one file's; plus the item being answered.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,7 @@ from flashlive.model.world.world import H264_RUN
 log = logging.getLogger(__name__)
 
 BATCH_CLIPS = 8  # clips per encoder call: bounds the frames held in memory
+CACHE_BYTES = 1 << 30  # haystack tokens kept across items and parts
 
 
 class ClipEncoder(Protocol):
@@ -73,9 +75,16 @@ def _images(world: World, fps: float, first: int, count: int) -> Iterator[np.nda
 
 
 class WorldTokens:
-    """Tokens of world videos, the haystack of the current world cached (see the module's doc)."""
+    """Tokens of world videos, the haystacks of recent worlds cached (see the module's doc).
 
-    def __init__(self, encoder: ClipEncoder, batch_clips: int = BATCH_CLIPS) -> None:
+    Haystacks are kept per world, least recently used dropped first once they hold more than
+    `cache_bytes` (the one in use always stays), so the parts of one run (`eval all`: world, niah,
+    mhniah and dropout ask about the same held-out worlds) encode each haystack once.
+    """
+
+    def __init__(
+        self, encoder: ClipEncoder, batch_clips: int = BATCH_CLIPS, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         if encoder.clip_frames != CLIP_FRAMES:
             raise EvalError(
                 f"the world is planned in clips of {CLIP_FRAMES} frames; this model's clips hold "
@@ -83,31 +92,40 @@ class WorldTokens:
             )
         self.encoder = encoder
         self.batch_clips = batch_clips
-        self._key: tuple[object, ...] | None = None
-        self._base = np.zeros((0,), np.float16)
+        self.cache_bytes = cache_bytes
+        self._bases: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
         self.encoded_clips = 0  # clips sent to the encoder so far (how much the cache saved shows here)
 
     def tokens(self, video: WorldVideo) -> np.ndarray:
         w = video.world
         clips = video.num_frames // CLIP_FRAMES
-        self._ensure_base(w, video.fps, max(video.num_frames, video.haystack_frames))
+        base = self._base(w, video.fps, max(video.num_frames, video.haystack_frames))
         if not w.needles:
-            return self._base[:clips]
-        out = self._base[:clips].copy()
+            return base[:clips]
+        out = base[:clips].copy()
         for a, b in _spans(self._touched_clips(video)):
             out[a:b] = self._encode(_images(w, video.fps, a * CLIP_FRAMES, (b - a) * CLIP_FRAMES))
         return out
 
-    def _ensure_base(self, world: World, fps: float, frames: int) -> None:
+    def _base(self, world: World, fps: float, frames: int) -> np.ndarray:
+        """The world's haystack (no needles) for at least `frames` frames, encoded as far as needed."""
         key = (world.seed, world.config, world.style, fps)
-        if key == self._key and len(self._base) * CLIP_FRAMES >= frames:
-            return
-        frames = -(-frames // CLIP_FRAMES) * CLIP_FRAMES
-        log.debug("encoding the haystack of world %d: %d frames", world.seed, frames)
-        self._key, self._base = None, np.zeros((0,), np.float16)  # free the old one first
-        base = World(world.seed, config=world.config, style=world.style)
-        self._base = self._encode(_images(base, fps, 0, frames))
-        self._key = key
+        have = self._bases.pop(key, None)
+        done = 0 if have is None else len(have) * CLIP_FRAMES
+        if done < frames:
+            # carry on from the last whole x264 run (a run is coded as one unit), so the frames match a
+            # single pass from the start
+            start = done - done % H264_RUN
+            need = -(-frames // CLIP_FRAMES) * CLIP_FRAMES
+            log.debug("encoding the haystack of world %d: frames %d to %d", world.seed, start, need)
+            empty = World(world.seed, config=world.config, style=world.style)
+            more = self._encode(_images(empty, fps, start, need - start))
+            have = more if have is None else np.concatenate([have[: start // CLIP_FRAMES], more])
+        assert have is not None
+        self._bases[key] = have
+        while sum(t.nbytes for t in self._bases.values()) > self.cache_bytes and len(self._bases) > 1:
+            self._bases.popitem(last=False)
+        return have
 
     def _encode(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         tokens = encode_frames(self.encoder, frames, self.batch_clips)
