@@ -2,8 +2,9 @@
 
 Each `run_*` takes an `AnswerSource` and its settings, asks every item, scores every answer
 (scoring.py) and returns a JSON-ready dict: the tallies the report needs and every answer given, so a
-result can be checked by hand. Items come seed by seed and are built lazily, so a long grid never holds
-more than one haystack's tokens (tokens.py).
+result can be checked by hand. Items come seed by seed and are built lazily, so a long grid holds no
+more than the haystack tokens tokens.py keeps. `plan` resolves a part's defaults for a model from its
+config alone, so a run that cannot work fails before weights load; `run_plan` runs it.
 """
 
 from __future__ import annotations

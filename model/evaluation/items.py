@@ -17,7 +17,17 @@ import numpy as np
 
 from flashlive.model.evaluation.errors import EvalError
 from flashlive.model.evaluation.scoring import Truth, is_scored
-from flashlive.model.world import CLIP_FRAMES, QA, ScriptError, Style, World, ask, heldout_seeds, make_niah
+from flashlive.model.world import (
+    CLIP_FRAMES,
+    QA,
+    NiahItem,
+    ScriptError,
+    Style,
+    World,
+    ask,
+    heldout_seeds,
+    make_niah,
+)
 
 FPS = 1.0  # the world samples 1 frame per second, as the release samples long videos
 NIAH_DECOYS = 2  # make_niah's default: decoy glyph cards put wrong options on screen
@@ -196,7 +206,7 @@ def mhniah_items(
                 )
 
 
-def _niah(seed: int, **kwargs: Any) -> Any:
+def _niah(seed: int, **kwargs: Any) -> NiahItem:
     try:
         return make_niah(seed, decoys=NIAH_DECOYS, **kwargs)
     except ScriptError as exc:

@@ -26,6 +26,8 @@ from flashlive.model.world import CLIP_FRAMES
 
 if TYPE_CHECKING:
     from flashlive.model.engine import Engine
+    from flashlive.model.result import StepOutput
+    from flashlive.model.window import VideoWindow
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class ModelSource:
         )
         self.world_tokens = WorldTokens(encoder)
         self.file_tokens = FileTokens(encoder)
-        self._window: tuple[str, object] | None = None  # the last item's window: reused across dropouts
+        self._window: tuple[str, VideoWindow] | None = None  # the last item's: reused across dropouts
 
     @classmethod
     def load(
@@ -139,7 +141,7 @@ class ModelSource:
             return self.world_tokens.tokens(video)
         return self.file_tokens.tokens(video)
 
-    def _window_of(self, item: Item) -> object:
+    def _window_of(self, item: Item) -> VideoWindow:
         from flashlive.model.window import VideoWindow
 
         if self._window is not None and self._window[0] == item.id:
@@ -156,14 +158,10 @@ class ModelSource:
         return window
 
     def answer(self, item: Item, dropout: DropoutConfig | None) -> Answers:
-        from flashlive.model.errors import PromptError
-        from flashlive.model.window import VideoWindow
+        from flashlive.model.errors import PromptError, WindowError
 
         window = self._window_of(item)
-        assert isinstance(window, VideoWindow)
         engine = self.engine
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        prefix = engine.prefix(window, dropout)
         texts: dict[int, str] = {}
         asked: list[int] = []
         prefill_wall = prefill_cpu = 0.0
@@ -172,6 +170,8 @@ class ModelSource:
             (q.text, self.choice_params if q.kind in MULTIPLE_CHOICE else self.params) for q in item.questions
         ]
         try:
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            prefix = engine.prefix(window, dropout)
             for i in range(0, len(questions), step):
                 ids = [engine.add(prefix, q, params) for q, params in questions[i : i + step]]
                 asked += ids
@@ -183,7 +183,7 @@ class ModelSource:
                 _collect(outputs, texts)
                 while engine.has_unfinished():
                     _collect(engine.step(), texts)
-        except PromptError as exc:
+        except (PromptError, WindowError) as exc:
             raise EvalError(f"{item.id}: {exc}") from None
         missing = [k for k in asked if k not in texts]
         if missing:
@@ -197,11 +197,8 @@ class ModelSource:
         )
 
 
-def _collect(outputs: Sequence[object], texts: dict[int, str]) -> None:
-    from flashlive.model.result import StepOutput
-
+def _collect(outputs: Sequence[StepOutput], texts: dict[int, str]) -> None:
     for out in outputs:
-        assert isinstance(out, StepOutput)
         if out.error is not None:
             raise EvalError(f"answering failed: {out.error}") from out.error
         if out.finished:
