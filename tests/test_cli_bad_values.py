@@ -119,6 +119,29 @@ CASES: list[tuple[list[str], str]] = [
     (["demo-video", "d.mp4", "--fps", "1000"], "--fps: Input should be less than or equal to 120"),
     (["demo-video", "d.txt"], "OUT: the demo video is written as .mp4 or .mkv"),
     (["demo-video", "d.mp4", "--seconds", "abc"], "argument --seconds: invalid float value"),
+    # eval: the harness's settings, a list item named by its option and place; lengths checked against the
+    # model's context from its config alone (no weights load)
+    (["eval", "world", "--items", "0"], "--items: Input should be greater than or equal to 1"),
+    (["eval", "world", "--items", "x"], "argument --items: invalid int value: 'x'"),
+    (["eval", "world", "--frames", "30"], "--frames: must be a multiple of 4"),
+    (["eval", "world", "--frames", "8"], "--frames: Input should be greater than or equal to 16"),
+    (["eval", "niah", "--lengths", "250,abc"], "--lengths (item 2): Input should be a valid integer"),
+    (
+        ["eval", "niah", "--lengths", "250,4"],
+        "--lengths (item 2): Input should be greater than or equal to 8",
+    ),
+    (["eval", "niah", "--lengths", "250,10"], "--lengths: each length must be a multiple of 4"),
+    (["eval", "niah", "--lengths", "16,16"], "--lengths: each length may appear once"),
+    (["eval", "niah", "--lengths", "4000"], "haystacks of 4,000 frames do not fit tiny's context"),
+    (["eval", "niah", "--depths", "0,1.5"], "--depths (item 2): Input should be less than or equal to 1"),
+    (["eval", "niah", "--depths", "nan"], "--depths (item 1): Input should be a finite number"),
+    (["eval", "mhniah", "--hops", "1"], "--hops (item 1): Input should be greater than or equal to 2"),
+    (["eval", "mhniah", "--lengths", "16", "--hops", "3"], "3-hop chains need haystacks of at least 24"),
+    (["eval", "world", "--out", "{big}"], "--out: {big} is a file; results go to a folder"),
+    (["eval", "niah-video"], "niah-video needs --data DIR"),
+    (["eval", "niah-video", "--data", "/nonexistent"], "--data: /nonexistent is not a folder"),
+    (["eval", "world", "--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["eval", "nope"], "argument PART: invalid choice: 'nope'"),
     # check-config: the file is a command-line value too
     (["check-config", "/nonexistent.yaml"], "/nonexistent.yaml: no such file"),
     (["check-config", "{dir}"], "is a directory, not a config file"),
@@ -138,7 +161,14 @@ CASES: list[tuple[list[str], str]] = [
 
 def test_there_are_enough_cases_for_every_command() -> None:
     commands = {argv[0] for argv, _ in CASES}
-    assert len(CASES) >= 40 and commands == {"ingest", "memory", "ask-file", "demo-video", "check-config"}
+    assert len(CASES) >= 40 and commands == {
+        "ingest",
+        "memory",
+        "ask-file",
+        "demo-video",
+        "check-config",
+        "eval",
+    }
 
 
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
@@ -155,7 +185,7 @@ def test_a_bad_value_is_one_line_and_exit_2(
     out = capsys.readouterr()
     assert rc == 2, (argv, out.err)
     assert out.err.count("\n") == 1 and out.err.endswith("\n"), out.err
-    assert message in out.err, out.err
+    assert message.format(**files) in out.err, out.err
     assert "Traceback" not in out.err and "pydantic" not in out.err and "errors.pydantic.dev" not in out.err
 
 

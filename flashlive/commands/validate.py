@@ -27,7 +27,7 @@ def options_error(problems: list[Problem], flags: Mapping[str, str], *, source: 
     option set it), joined by "; "."""
     parts = []
     for p in problems:
-        flag = flag_for(p.path, flags)
+        flag = flag_for(p.path, flags) or _list_item_flag(p.path, flags)
         where = flag or p.path or source
         parts.append(f"{where}: {p.message}" if where else p.message)
     return CommandError("; ".join(" ".join(part.split()) for part in parts))
@@ -41,6 +41,13 @@ def flag_for(path: str, flags: Mapping[str, str]) -> str | None:
         if found:
             return found
     return None
+
+
+def _list_item_flag(path: str, flags: Mapping[str, str]) -> str | None:
+    """`--lengths (item 2)` for a problem with the second value of a list option (path `lengths.1`)."""
+    head, _, last = path.rpartition(".")
+    flag = flag_for(head, flags) if head and last.isdigit() else None
+    return f"{flag} (item {int(last) + 1})" if flag else None
 
 
 def check_options(model: type[M], values: Mapping[str, Any], flags: Mapping[str, str]) -> M:
@@ -124,3 +131,15 @@ class DemoVideoOptions(_Options):
 
 
 DEMO_FLAGS = {"seconds": "--seconds", "fps": "--fps", "out": "OUT"}
+
+
+EVAL_FLAGS = {
+    "items": "--items",
+    "offset": "--offset",
+    "frames": "--frames",
+    "lengths": "--lengths",
+    "depths": "--depths",
+    "hops": "--hops",
+    "data": "--data",
+    "out": "--out",
+}

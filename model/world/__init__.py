@@ -15,6 +15,7 @@ from .needles import NiahItem, make_niah
 from .palette import ALL_SHAPES, COLOURS, GLYPHS, NEEDLE_SHAPES, SHAPES, SIZES, nearest_colour
 from .questions import KINDS, QA, Facts, ask, caption
 from .script import Background, Event, Motion, Needle, ObjectScript, Scene, ScriptError, Span
+from .splits import HELDOUT_START, heldout_seeds, is_heldout, train_seed
 from .style import Style
 from .vocab import vocabulary_token_ids
 from .world import CLIP_FRAMES, Frame, FrameTruth, NeedleTruth, ObjectTruth, VideoTruth, World
@@ -24,6 +25,7 @@ __all__ = [
     "CLIP_FRAMES",
     "COLOURS",
     "GLYPHS",
+    "HELDOUT_START",
     "KINDS",
     "NEEDLE_SHAPES",
     "QA",
@@ -49,8 +51,11 @@ __all__ = [
     "WorldConfig",
     "ask",
     "caption",
+    "heldout_seeds",
+    "is_heldout",
     "make_niah",
     "nearest_colour",
+    "train_seed",
     "vocabulary_texts",
     "vocabulary_token_ids",
     "write_mp4",
