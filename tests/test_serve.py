@@ -1,8 +1,9 @@
 """`flashlive serve` from a fresh data directory, as a user runs it: /healthz within 60 s, the demo
 stream's clips, an answer, WHIP served in-process; Ctrl-C (or a SIGKILL) leaves no process behind.
 
-Until the real worker command lands, the worker slot runs the worker loop with the fake engine
-(reading the tiny model's tokens) through --worker-command."""
+One test runs serve's own worker command (`flashlive worker` with the tiny model, under a key prefix
+of its own); the others run the worker loop with the fake engine (reading the tiny model's tokens)
+through --worker-command, which starts in a second instead of loading a model."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ import httpx
 import pytest
 from helpers import free_port
 
+from flashlive.app.serve import WORKER_COMMAND, worker_command
+from flashlive.cli import build_parser
+from flashlive.commands.options import redis_settings
+from flashlive.config import config_from_data
+from flashlive.memory.settings import RedisSettings
 from flashlive.model.config import get_preset
 
 TESTS = Path(__file__).parent
@@ -129,6 +135,18 @@ def test_serve_killed_takes_its_children_along(serve: tuple[subprocess.Popen[str
     while any(alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in tree if alive(p)], "children outlived a killed flashlive serve"
+
+
+def test_the_worker_command_uses_the_redis_and_prefix_of_the_web_app() -> None:
+    """What serve starts, read back by `flashlive worker`'s own parser: the same Redis and key prefix
+    as the web app, also when the prefix comes from the command line rather than a config file."""
+    cfg = config_from_data({})
+    redis = RedisSettings.from_dsn("redis://127.0.0.1:6390/0", prefix="tenant-a")
+    command = worker_command(WORKER_COMMAND, cfg, redis, None)
+    assert command[:4] == [sys.executable, "-m", "flashlive", "worker"]
+    args = build_parser().parse_args(command[3:])
+    got = redis_settings(args, cfg.memory.redis)
+    assert (got.url, got.prefix) == (redis.url, "tenant-a")
 
 
 def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:

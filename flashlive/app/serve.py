@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # is added when serve was given one.
 WORKER_COMMAND = (
     "{python} -m flashlive worker --model {model} --device {device} --concurrency {concurrency} "
-    "--redis {redis}"
+    "--redis {redis} --prefix {prefix}"
 )
 DEMO_STREAM = "demo"
 DEMO_SECONDS = 60.0

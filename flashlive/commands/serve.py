@@ -50,6 +50,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="a flashlive YAML config")
     p.add_argument("--host", help=f"listen address (default: web.host, {_WEB.host})")
     p.add_argument("--port", type=int, help=f"listen port (default: web.port, {_WEB.port})")
+    p.add_argument("--prefix", help="Redis key prefix (default: memory.redis.prefix, fl)")
 
 
 def _config(args: argparse.Namespace, base: FlashliveConfig, source: str) -> FlashliveConfig:
