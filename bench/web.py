@@ -5,10 +5,10 @@ WebSocket fan-out of live events.
 
 Prints one JSON object. It starts `flashlive serve --config` (embedded Redis, the demo video looped
 in real time, ingest with the tiny encoder, one worker process, the web app) in a temporary directory.
-The worker (`--worker`): `model` runs the worker loop on the tiny model (`ModelEngine`; through
-`flashlive worker` once that command exists, else a small script doing the same); `fake` runs it on
-the fake engine (tests/worker_proc.py: fixed decode steps, reading the tiny model's tokens), which
-keeps the model's time out of what is measured: the web path (submit, Redis, SSE) and the queue.
+The worker (`--worker`): `model` is serve's own worker command (`flashlive worker`, the tiny model
+on the CPU); `fake` runs the worker loop on the fake engine (tests/worker_proc.py: fixed decode steps,
+reading the tiny model's tokens), which keeps the model's time out of what is measured: the web path
+(submit, Redis, SSE) and the queue.
 
 - asks: `viewers` concurrent viewers, `rounds` questions each, over SSE (POST /api/ask): time to the
   first piece (p50/p95, from the request), time to the final record, errors (must be 0);
@@ -57,27 +57,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-MODEL_WORKER = """
-import asyncio, signal, sys
-from flashlive.model.worker.model_engine import ModelEngine
-from flashlive.model.worker.service import Worker, WorkerSettings
-
-async def main() -> None:
-    settings = WorkerSettings(concurrency=int(sys.argv[3]))
-    worker = Worker.connect(ModelEngine.load("tiny"), sys.argv[1], prefix=sys.argv[2], settings=settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, worker.stop)
-    await worker.run()
-
-asyncio.run(main())
-"""
-
-
-def real_worker_exists() -> bool:
-    reply = subprocess.run([sys.executable, "-m", "flashlive", "worker", "--help"], capture_output=True)
-    return reply.returncode == 0
 
 
 def write_config(tmp: Path, port: int, concurrency: int) -> Path:
@@ -234,17 +213,12 @@ async def measure_cpu(pid: int, seconds: float) -> float:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from helpers import free_port  # tests/helpers.py
 
-    real = args.worker == "model" and real_worker_exists()
     with tempfile.TemporaryDirectory(prefix="flashlive-bench-web-") as tmp_name:
         tmp = Path(tmp_name)
         port = free_port()
         config = write_config(tmp, port, args.concurrency)
         command = [sys.executable, "-m", "flashlive", "serve", "--config", str(config)]
-        if args.worker == "model" and not real:
-            script = tmp / "model_worker.py"
-            script.write_text(MODEL_WORKER)
-            command += ["--worker-command", f"{{python}} {script} {{redis}} {{prefix}} {{concurrency}}"]
-        elif args.worker == "fake":
+        if args.worker == "fake":
             from flashlive.model.config import get_preset
 
             enc = get_preset("tiny").encoder_id
@@ -272,7 +246,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "web",
         "worker": (
-            f"tiny model (ModelEngine), {args.concurrency} jobs at once"
+            f"flashlive worker, tiny model, {args.concurrency} jobs at once"
             if args.worker == "model"
             else f"fake engine: {args.step_s * 1000:.0f} ms/step, {args.length} words, "
             f"{args.concurrency} jobs at once"
