@@ -133,12 +133,21 @@ CASES: list[tuple[list[str], str]] = [
     (["check-config", "{nan}"], ":4: streams.a.fps: Input should be a finite number"),
     (["check-config", "{dup}"], ":3: streams.a: duplicate key (first given on line 2)"),
     (["check-config"], "the following arguments are required: file"),
+    # worker and serve: checked before a model loads or a process starts
+    (["worker", "--concurrency", "0"], "--concurrency: Input should be greater than or equal to 1"),
+    (["worker", "--heartbeat", "2", "--lease", "3"], "--lease (3 s) must be at least twice --heartbeat"),
+    (["serve", "--prefix", "bad prefix"], "--prefix: String should match pattern"),
+    (["serve", "--workers", "-1"], "--workers: Input should be greater than or equal to 0"),
+    (["serve", "--port", "70000"], "--port: Input should be less than or equal to 65535"),
+    (["web", "--port", "0"], "--port: Input should be greater than or equal to 1"),
 ]
 
 
 def test_there_are_enough_cases_for_every_command() -> None:
     commands = {argv[0] for argv, _ in CASES}
-    assert len(CASES) >= 40 and commands == {"ingest", "memory", "ask-file", "demo-video", "check-config"}
+    assert len(CASES) >= 40 and commands == {
+        "ingest", "memory", "ask-file", "demo-video", "check-config", "worker", "serve", "web",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
@@ -146,7 +155,11 @@ def test_a_bad_value_is_one_line_and_exit_2(
     argv: list[str], message: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [a.format(**files) for a in argv]
-    if argv[0] in ("ingest", "memory") and "--redis" not in argv and argv[1:2] != ["frobnicate"]:
+    if (
+        argv[0] in ("ingest", "memory", "worker", "serve", "web")
+        and "--redis" not in argv
+        and argv[1:2] != ["frobnicate"]
+    ):
         argv += ["--redis", NOWHERE]
     try:
         rc = main(argv)

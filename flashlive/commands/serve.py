@@ -10,11 +10,15 @@ from typing import Any
 
 from flashlive.commands.check_config import load_config_or_fail
 from flashlive.commands.options import redis_settings
+from flashlive.commands.validate import config_error
 from flashlive.config import ConfigError, FlashliveConfig, config_from_data
 from flashlive.errors import CommandError
 from flashlive.web.settings import WebSettings
 
 _WEB = WebSettings()
+
+# settings path -> the option that sets it, for one-line errors
+FLAGS = {"web.host": "--host", "web.port": "--port", "model.name": "--model", "worker.processes": "--workers"}
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -68,7 +72,7 @@ def _config(args: argparse.Namespace, base: FlashliveConfig, source: str) -> Fla
     try:
         return config_from_data(data, source=source)
     except ConfigError as exc:
-        raise CommandError(f"{len(exc.problems)} problem(s) in the settings:\n{exc}") from None
+        raise config_error(exc, FLAGS) from None
 
 
 def serve_command(args: argparse.Namespace) -> int:
