@@ -28,6 +28,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "nan": "streams:\n  a:\n    url: x.mp4\n    fps: .nan\n",
         "dup": "streams:\n  a: {url: x.mp4}\n  a: {url: y.mp4}\n",
         "aliases": "x: &x 1\n" + "".join(f"k{i}: *x\n" for i in range(100)),
+        "threads": "worker:\n  threads: 0\n",
     }
     out = {}
     for name, text in made.items():
@@ -133,7 +134,11 @@ CASES: list[tuple[list[str], str]] = [
     (["check-config", "{nan}"], ":4: streams.a.fps: Input should be a finite number"),
     (["check-config", "{dup}"], ":3: streams.a: duplicate key (first given on line 2)"),
     (["check-config"], "the following arguments are required: file"),
+    (["check-config", "{threads}"], ":2: worker.threads: Input should be greater than or equal to 1"),
     # worker and serve: checked before a model loads or a process starts
+    (["worker", "--threads", "0"], "--threads: 1 to 1024, not 0"),
+    (["worker", "--threads", "5000"], "--threads: 1 to 1024, not 5000"),
+    (["worker", "--threads", "two"], "argument --threads: invalid int value: 'two'"),
     (["worker", "--concurrency", "0"], "--concurrency: Input should be greater than or equal to 1"),
     (["worker", "--heartbeat", "2", "--lease", "3"], "--lease (3 s) must be at least twice --heartbeat"),
     (["serve", "--prefix", "bad prefix"], "--prefix: String should match pattern"),

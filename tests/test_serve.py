@@ -22,7 +22,7 @@ import httpx
 import pytest
 from helpers import free_port
 
-from flashlive.app.serve import WORKER_COMMAND, worker_command
+from flashlive.app.serve import WORKER_COMMAND, serve_threads, worker_command
 from flashlive.cli import build_parser
 from flashlive.commands.options import redis_settings
 from flashlive.config import config_from_data
@@ -202,6 +202,15 @@ def test_the_worker_command_uses_the_redis_and_prefix_of_the_web_app() -> None:
     args = build_parser().parse_args(command[3:])
     got = redis_settings(args, cfg.memory.redis)
     assert (got.url, got.prefix) == (redis.url, "tenant-a")
+    # torch threads: the cores shared between serve (ingest) and its workers, unless the config says
+    assert args.threads == serve_threads(cfg.worker.processes)
+    pinned = config_from_data({"worker": {"threads": 3, "processes": 2}})
+    assert build_parser().parse_args(worker_command(WORKER_COMMAND, pinned, redis, None)[3:]).threads == 3
+
+
+def test_serve_shares_the_cores_between_ingest_and_its_workers() -> None:
+    assert [serve_threads(1, cores) for cores in (1, 2, 4, 16)] == [1, 1, 2, 8]
+    assert [serve_threads(3, cores) for cores in (2, 8, 16)] == [1, 2, 4]
 
 
 def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:

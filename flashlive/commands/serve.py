@@ -40,7 +40,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--worker-command",
         metavar="TEMPLATE",
         help="command each worker process runs, with {python} {model} {device} {concurrency} {redis} "
-        "{prefix} (default: flashlive worker ...; tests run a fake engine)",
+        "{prefix} {threads} (default: flashlive worker ...; tests run a fake engine)",
     )
     s.set_defaults(handler=serve_command)
     w = subparsers.add_parser(
