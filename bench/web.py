@@ -2,13 +2,14 @@
 WebSocket fan-out of live events.
 
     python bench/web.py [--viewers 20] [--rounds 3] [--subscribers 100] [--events 200] [--quick]
+                        [--threads serve,2] [--repeat 2]
 
 Prints one JSON object. It starts `flashlive serve --config` (embedded Redis, the demo video looped
 in real time, ingest with the tiny encoder, one worker process, the web app) in a temporary directory.
-The worker (`--worker`): `model` runs the worker loop on the tiny model (`ModelEngine`; through
-`flashlive worker` once that command exists, else a small script doing the same); `fake` runs it on
-the fake engine (tests/worker_proc.py: fixed decode steps, reading the tiny model's tokens), which
-keeps the model's time out of what is measured: the web path (submit, Redis, SSE) and the queue.
+The worker (`--worker`): `model` is serve's own worker command (`flashlive worker`, the tiny model
+on the CPU); `fake` runs the worker loop on the fake engine (tests/worker_proc.py: fixed decode steps,
+reading the tiny model's tokens), which keeps the model's time out of what is measured: the web path
+(submit, Redis, SSE) and the queue.
 
 - asks: `viewers` concurrent viewers, `rounds` questions each, over SSE (POST /api/ask): time to the
   first piece (p50/p95, from the request), time to the final record, errors (must be 0);
@@ -17,6 +18,11 @@ keeps the model's time out of what is measured: the web path (submit, Redis, SSE
 - fan-out: `subscribers` WebSocket clients subscribed to one stream's events; `events` events written
   to Redis as a worker writes them; events delivered per second to all clients together, and the
   delay from an event's write to its arrival (p50/p95).
+- threads (`--threads`, a list): the worker's torch threads, one `flashlive serve` per entry: `serve`
+  is serve's own choice (`serve_threads`: the cores shared between serve and its workers), a number
+  pins `worker.threads`; `--repeat` runs the list again (alternating, so a change in the machine's
+  load hits them alike). The asks are measured for each; the fan-out with the first only. Ratios are
+  against the first entry, per repeat.
 The rate limit is off in the benchmark's config (every viewer comes from 127.0.0.1).
 """
 
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,37 +66,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-MODEL_WORKER = """
-import asyncio, signal, sys
-from flashlive.model.worker.model_engine import ModelEngine
-from flashlive.model.worker.service import Worker, WorkerSettings
-
-async def main() -> None:
-    settings = WorkerSettings(concurrency=int(sys.argv[3]))
-    worker = Worker.connect(ModelEngine.load("tiny"), sys.argv[1], prefix=sys.argv[2], settings=settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, worker.stop)
-    await worker.run()
-
-asyncio.run(main())
-"""
-
-
-def real_worker_exists() -> bool:
-    reply = subprocess.run([sys.executable, "-m", "flashlive", "worker", "--help"], capture_output=True)
-    return reply.returncode == 0
-
-
-def write_config(tmp: Path, port: int, concurrency: int) -> Path:
+def write_config(tmp: Path, port: int, concurrency: int, threads: int | None) -> Path:
     from flashlive.stream.demo import write_demo_video
 
     demo = tmp / "demo-world.mp4"
-    write_demo_video(demo, seconds=60)
+    if not demo.exists():
+        write_demo_video(demo, seconds=60)
+    worker: dict[str, Any] = {"device": "cpu", "processes": 1, "concurrency": concurrency}
+    if threads is not None:
+        worker["threads"] = threads
     cfg = {
         "streams": {"demo": {"url": str(demo), "realtime": True, "loop": True}},
         "model": {"name": "tiny", "device": "cpu"},
         "memory": {"redis": {"data_dir": str(tmp / "redis")}},
-        "worker": {"device": "cpu", "processes": 1, "concurrency": concurrency},
+        "worker": worker,
         "web": {"port": port, "rate_limit": {"per_s": 0}},
     }
     path = tmp / "bench.yaml"
@@ -231,60 +221,89 @@ async def measure_cpu(pid: int, seconds: float) -> float:
     return round((cpu_seconds(pid) - c0) / (time.perf_counter() - t0), 3)
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+async def serve_once(args: argparse.Namespace, tmp: Path, threads: int | None, fan: bool) -> dict[str, Any]:
+    """One `flashlive serve`: ready time, the viewers' asks, the serve process's CPU, the fan-out."""
     from helpers import free_port  # tests/helpers.py
 
-    real = args.worker == "model" and real_worker_exists()
-    with tempfile.TemporaryDirectory(prefix="flashlive-bench-web-") as tmp_name:
-        tmp = Path(tmp_name)
-        port = free_port()
-        config = write_config(tmp, port, args.concurrency)
-        command = [sys.executable, "-m", "flashlive", "serve", "--config", str(config)]
-        if args.worker == "model" and not real:
-            script = tmp / "model_worker.py"
-            script.write_text(MODEL_WORKER)
-            command += ["--worker-command", f"{{python}} {script} {{redis}} {{prefix}} {{concurrency}}"]
-        elif args.worker == "fake":
-            from flashlive.model.config import get_preset
+    port = free_port()
+    config = write_config(tmp, port, args.concurrency, threads)
+    shutil.rmtree(tmp / "redis", ignore_errors=True)  # a fresh memory each time
+    command = [sys.executable, "-m", "flashlive", "serve", "--config", str(config)]
+    if args.worker == "fake":
+        from flashlive.model.config import get_preset
 
-            enc = get_preset("tiny").encoder_id
-            script = ROOT / "tests" / "worker_proc.py"
-            fake = f"bench-w {args.step_s} {args.length} --random --encoder-id {enc}"
-            fake += " --concurrency {concurrency}"
-            command += ["--worker-command", f"{{python}} {script} {{redis}} {{prefix}} {fake}"]
-        proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            ready_s = await wait_ready(base, proc)
-            redis_url = json.loads((tmp / "redis" / "server.json").read_text())["url"]
-            idle = await measure_cpu(proc.pid, args.idle_s)
+        enc = get_preset("tiny").encoder_id
+        script = ROOT / "tests" / "worker_proc.py"
+        fake = f"bench-w {args.step_s} {args.length} --random --encoder-id {enc}"
+        fake += " --concurrency {concurrency}"
+        command += ["--worker-command", f"{{python}} {script} {{redis}} {{prefix}} {fake}"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    try:
+        out["serve_ready_s"] = round(await wait_ready(base, proc), 1)
+        redis_url = json.loads((tmp / "redis" / "server.json").read_text())["url"]
+        idle = await measure_cpu(proc.pid, args.idle_s)
+        c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        out["asks"] = await viewers(base, args.viewers, args.rounds, args.max_new_tokens)
+        asking = round((cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0), 3)
+        out["serve_cpu_cores"] = {
+            "idle_ingest_only": idle, "while_asking": asking, "asking_minus_idle": round(asking - idle, 3),
+        }  # fmt: skip
+        if fan:
             c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            asks = await viewers(base, args.viewers, args.rounds, args.max_new_tokens)
-            asking = round((cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0), 3)
-            c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            fan = await fanout(base, redis_url, args.subscribers, args.events)
-            fan_cpu = round((cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0), 3)
-        finally:
-            os.kill(proc.pid, signal.SIGINT)
-            proc.wait(60)
+            out["fanout"] = await fanout(base, redis_url, args.subscribers, args.events)
+            out["serve_cpu_cores"]["during_fanout"] = round(
+                (cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0), 3
+            )
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    return out
+
+
+def thread_variants(text: str) -> list[int | None]:
+    """`serve,2,1` -> [None (serve's choice), 2, 1]."""
+    return [None if t.strip() == "serve" else int(t) for t in text.split(",") if t.strip()]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from flashlive.app.serve import serve_threads
+
+    variants = thread_variants(args.threads)
+    label = {v: f"serve's choice ({serve_threads(1)})" if v is None else str(v) for v in variants}
+    runs: dict[str, list[dict[str, Any]]] = {label[v]: [] for v in variants}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="flashlive-bench-web-") as tmp_name:
+        for r in range(args.repeat):
+            for k, v in enumerate(variants):
+                runs[label[v]].append(await serve_once(args, Path(tmp_name), v, fan=r == 0 and k == 0))
+    base = label[variants[0]]
+    ratios: dict[str, Any] = {}
+    for v in variants[1:]:
+        pairs = list(zip(runs[label[v]], runs[base], strict=True))
+        ratios[f"{label[v]} vs {base}"] = {
+            "asks_per_s": [round(a["asks"]["asks_per_s"] / b["asks"]["asks_per_s"], 2) for a, b in pairs],
+            "first_piece_p50": [
+                round(a["asks"]["first_piece_s"]["p50"] / b["asks"]["first_piece_s"]["p50"], 2)
+                for a, b in pairs
+            ],
+        }
     return {
         "benchmark": "web",
         "worker": (
-            f"tiny model (ModelEngine), {args.concurrency} jobs at once"
+            f"flashlive worker, tiny model, {args.concurrency} jobs at once"
             if args.worker == "model"
             else f"fake engine: {args.step_s * 1000:.0f} ms/step, {args.length} words, "
             f"{args.concurrency} jobs at once"
         ),
-        "serve_ready_s": round(ready_s, 1),
-        "asks": asks,
-        "serve_cpu_cores": {
-            "idle_ingest_only": idle, "while_asking": asking, "asking_minus_idle": round(asking - idle, 3),
-            "during_fanout": fan_cpu,
-        },
-        "fanout": fan,
+        "worker_threads": runs,
+        "ratios": ratios,
         "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
 
 
@@ -303,6 +322,10 @@ if __name__ == "__main__":
     p.add_argument("--step-s", type=float, default=0.02, help="fake engine: seconds per decode step")
     p.add_argument("--length", type=int, default=16, help="fake engine: words per answer")
     p.add_argument("--idle-s", type=float, default=5.0)
+    p.add_argument(
+        "--threads", default="serve", help="worker threads per run: serve (its choice) or N, comma-separated"
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs of the --threads list (alternating)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 viewers, 10 subscribers")
     a = p.parse_args()
     if a.quick:

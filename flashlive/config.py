@@ -64,6 +64,15 @@ class WorkerConfig(_Section):
     processes: int = Field(
         default=1, ge=0, le=64, title="Worker processes `flashlive serve` starts", description="0: none"
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        title="CPU threads per worker",
+        description="torch's CPU threads in each worker process. Empty: `flashlive worker` alone keeps "
+        "torch's default (one per core); the workers `flashlive serve` starts share the cores with it "
+        "(app/serve.py, serve_threads)",
+    )
 
 
 StreamName = Annotated[str, StringConstraints(pattern=STREAM_NAME.pattern)]

@@ -53,11 +53,14 @@ class WatchState(BaseModel):
     evaluations: int = 0
 
 
-def due(watch: Watch, state: WatchState, clip_end: float) -> bool:
-    """Whether `watch` is evaluated at a tick whose clip ends at `clip_end`."""
+def due(watch: Watch, state: WatchState, clip: ClipSpan) -> bool:
+    """Whether `watch` is evaluated at a tick at `clip`: never twice at one clip (a stream's last clip
+    is ticked again when a watch is registered, for that watch only)."""
+    if state.clip is not None and state.clip.id == clip.id:
+        return False
     if watch.cadence == "clip" or state.last_eval is None:
         return True
-    return clip_end - state.last_eval >= float(watch.cadence) - CADENCE_SLACK
+    return clip.end - state.last_eval >= float(watch.cadence) - CADENCE_SLACK
 
 
 def step(

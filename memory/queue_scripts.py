@@ -94,8 +94,9 @@ return touched
 
 # -- watch ticks ----------------------------------------------------------------------------------
 # A stream's tick cursor hash: done (id of the last clip evaluated, "0-0" before any), done_end
-# (its end time), inflight / owner / lease (ms) while a worker evaluates the next clip, and counters
-# evaluated, reclaimed, skipped (clips jumped over by the max-lag rule), failed.
+# (its end time), inflight / owner / lease (ms) while a worker evaluates the next clip, again (a
+# watch was registered since the last claim: see TICK_INIT), and counters evaluated, reclaimed,
+# skipped (clips jumped over by the max-lag rule), failed.
 
 # KEYS: ticks, clips. ARGV: 1 worker, 2 now ms, 3 lease ms, 4 max lag ms (0: never skip)
 # Returns {busy, id} | {idle, ""} | {claimed, id, reclaimed 0|1, skipped count}.
@@ -105,15 +106,25 @@ local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local inflight = redis.call('HGET', t, 'inflight')
 if inflight then
   if tonumber(redis.call('HGET', t, 'lease') or '0') > now then return {'busy', inflight} end
-  -- its worker died or froze: the same clip again, so nothing is skipped
+  -- its worker died or froze: the same clip again, so nothing is skipped (and the watches are read
+  -- again, a new one included)
   redis.call('HSET', t, 'owner', ARGV[1], 'lease', tostring(now + lease))
+  redis.call('HDEL', t, 'again')
   redis.call('HINCRBY', t, 'reclaimed', 1)
   return {'claimed', inflight, '1', '0'}
 end
 local done = redis.call('HGET', t, 'done')
 if not done then return {'idle', ''} end
+-- any tick claimed from here on reads the stream's watches after this point: a watch registered
+-- before now is in it, so the request to evaluate the newest clip again (TICK_INIT) is met
+local again = redis.call('HDEL', t, 'again') == 1
 local nxt = redis.call('XRANGE', clips, '(' .. done, '+', 'COUNT', 1)
-if #nxt == 0 then return {'idle', ''} end
+if #nxt == 0 then
+  -- caught up: the last clip evaluated once more, for watches registered since (the only ones due)
+  if not again or #redis.call('XRANGE', clips, done, done) == 0 then return {'idle', ''} end
+  redis.call('HSET', t, 'inflight', done, 'owner', ARGV[1], 'lease', tostring(now + lease))
+  return {'claimed', done, '0', '0'}
+end
 local id = nxt[1][1]
 local skipped = 0
 local max_lag = tonumber(ARGV[4])
@@ -172,11 +183,17 @@ redis.call('HINCRBY', t, ARGV[4], 1)
 return out
 """
 
-# KEYS: ticks, clips. Start a stream's cursor if it has none: the newest clip is evaluated first
-# (a new watch answers at once), older clips are not. Returns the cursor's `done` id.
+# KEYS: ticks, clips. A watch was registered: it is evaluated at once over the newest clip's window.
+# A stream without a cursor gets one: its newest clip is evaluated first, older clips are not. A
+# stream with one is asked (`again`) to evaluate its last evaluated clip once more when it is caught
+# up: on a stream that is stopped, or gets no new clip, nothing else would evaluate the new watch;
+# watches already evaluated at that clip are not due then (events.due). Returns the cursor's `done` id.
 TICK_INIT = r"""
 local done = redis.call('HGET', KEYS[1], 'done')
-if done then return done end
+if done then
+  redis.call('HSET', KEYS[1], 'again', '1')
+  return done
+end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 2)
 done = '0-0'
 local done_end = ''

@@ -69,8 +69,9 @@ class WatchStore:
         return WatchKeys(self.prefix, check_stream_name(stream))
 
     async def add(self, watch: Watch) -> Watch:
-        """Store (or replace, same id) a watch. Its first tick is the stream's newest clip (when it
-        has one), then every clip after it. The stream need not exist yet (a camera not yet online)."""
+        """Store (or replace, same id) a watch. It is evaluated at once over the window ending with the
+        stream's newest clip (when it has one, also on a stream that gets no new clips), then at every
+        clip after it. The stream need not exist yet (a camera not yet online)."""
         keys = self.keys(watch.stream)
         existing = await self.get(watch.id)
         if existing is not None and existing.stream != watch.stream:

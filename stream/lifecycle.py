@@ -38,6 +38,19 @@ from .types import SourceError, SourceInvalid, SourceUnavailable
 log = logging.getLogger(__name__)
 
 
+async def stop_task(task: asyncio.Task[Any], retry_s: float = 1.0) -> None:
+    """Cancel `task` and wait for it to end. Python 3.11's asyncio.wait_for (redis-py sends each
+    command through one when a socket timeout is set, as ours is) loses a cancellation that lands
+    just as its inner call finishes (CPython gh-86296): a loop cancelled then runs on, and whoever
+    awaits it waits forever (a `flashlive serve` that did not stop on Ctrl-C). So the cancellation is
+    repeated until the task ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class StateSink(Protocol):
     """`flashlive.memory.VideoMemory.set_state`: a stream's status, readable by other processes."""
 
@@ -256,9 +269,7 @@ class StreamRunner:
             log.exception("%s: unexpected failure", spec.name)
             final_error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
-            meta_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await meta_task
+            await stop_task(meta_task)
             await self._close_source()
             await self._flush()
             await self._finish(final_error)
@@ -464,7 +475,7 @@ class StreamRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), delay)  # stop() wakes it early
 
-    async def _meta_loop(self) -> None:
+    async def _meta_loop(self) -> None:  # runs until cancelled (stop_task)
         while True:
             await asyncio.sleep(self.spec.settings.meta_interval_s)
             async with self._publish_lock:

@@ -28,6 +28,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "nan": "streams:\n  a:\n    url: x.mp4\n    fps: .nan\n",
         "dup": "streams:\n  a: {url: x.mp4}\n  a: {url: y.mp4}\n",
         "aliases": "x: &x 1\n" + "".join(f"k{i}: *x\n" for i in range(100)),
+        "threads": "worker:\n  threads: 0\n",
     }
     out = {}
     for name, text in made.items():
@@ -156,19 +157,25 @@ CASES: list[tuple[list[str], str]] = [
     (["check-config", "{nan}"], ":4: streams.a.fps: Input should be a finite number"),
     (["check-config", "{dup}"], ":3: streams.a: duplicate key (first given on line 2)"),
     (["check-config"], "the following arguments are required: file"),
+    (["check-config", "{threads}"], ":2: worker.threads: Input should be greater than or equal to 1"),
+    # worker and serve: checked before a model loads or a process starts
+    (["worker", "--threads", "0"], "--threads: 1 to 1024, not 0"),
+    (["worker", "--threads", "5000"], "--threads: 1 to 1024, not 5000"),
+    (["worker", "--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["worker", "--concurrency", "0"], "--concurrency: Input should be greater than or equal to 1"),
+    (["worker", "--heartbeat", "2", "--lease", "3"], "--lease (3 s) must be at least twice --heartbeat"),
+    (["serve", "--prefix", "bad prefix"], "--prefix: String should match pattern"),
+    (["serve", "--workers", "-1"], "--workers: Input should be greater than or equal to 0"),
+    (["serve", "--port", "70000"], "--port: Input should be less than or equal to 65535"),
+    (["web", "--port", "0"], "--port: Input should be greater than or equal to 1"),
 ]
 
 
 def test_there_are_enough_cases_for_every_command() -> None:
     commands = {argv[0] for argv, _ in CASES}
     assert len(CASES) >= 40 and commands == {
-        "ingest",
-        "memory",
-        "ask-file",
-        "demo-video",
-        "check-config",
-        "eval",
-    }
+        "ingest", "memory", "ask-file", "demo-video", "check-config", "eval", "worker", "serve", "web",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
@@ -176,7 +183,11 @@ def test_a_bad_value_is_one_line_and_exit_2(
     argv: list[str], message: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [a.format(**files) for a in argv]
-    if argv[0] in ("ingest", "memory") and "--redis" not in argv and argv[1:2] != ["frobnicate"]:
+    if (
+        argv[0] in ("ingest", "memory", "worker", "serve", "web")
+        and "--redis" not in argv
+        and argv[1:2] != ["frobnicate"]
+    ):
         argv += ["--redis", NOWHERE]
     try:
         rc = main(argv)

@@ -29,7 +29,7 @@ from flashlive.memory.store import VideoMemory
 from flashlive.memory.types import ClipInfo, StreamState
 from flashlive.model.encoder import ClipEncoder, load_clip_encoder
 from flashlive.stream.ingest import Ingest
-from flashlive.stream.lifecycle import StreamSpec
+from flashlive.stream.lifecycle import StreamSpec, stop_task
 from flashlive.stream.settings import IngestSettings, SourceOptions, StreamSettings
 
 
@@ -165,6 +165,11 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
     async with Ingest(encoder, memory) as ingest:
         healthy = ingest.start_stream(spec("healthy", str(good), loop=True, realtime=True))
         await healthy.wait_state("live", timeout=10)
+        # its first clip comes 2 s (4 frames at 2 fps) after it goes live, plus the encoder's and
+        # Redis's time, which a loaded machine stretches: from that clip on it makes one every 2 s
+        async with asyncio.timeout(15):
+            while not await infos(memory, "healthy"):
+                await asyncio.sleep(0.05)
         bad = {
             "corrupt": ingest.start_stream(spec("corrupt", str(corrupt))),
             "garbage": ingest.start_stream(spec("garbage", str(garbage))),
@@ -172,10 +177,10 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
             "unreachable": ingest.start_stream(spec("unreachable", unreachable)),
         }
         counts, states = [], set()
-        for _ in range(24):  # 6 s: the healthy stream makes a clip every 2 s
-            await asyncio.sleep(0.25)
+        for _ in range(33):  # 8 s: two clips in each half, so a clip late by up to 2 s still counts
             states.add(healthy.state)
             counts.append(len(await infos(memory, "healthy")))
+            await asyncio.sleep(0.25)
         for name in ("corrupt", "garbage", "codec"):
             assert bad[name].state == "error", name
             meta = await memory.meta(name)
@@ -190,8 +195,29 @@ async def test_bad_inputs_fail_clearly_while_a_healthy_stream_keeps_ingesting(
         assert meta["state"] in ("retrying", "connecting") and meta["error"]
         assert bad["unreachable"].metrics.reconnects >= 2  # it keeps trying, with backoff
         assert states == {"live"}
-        assert counts[-1] >= 2 and counts[8] > counts[0] and counts[-1] > counts[8]
+        assert counts[0] >= 1 and counts[16] > counts[0] and counts[-1] > counts[16], counts
     assert_monotonic(await infos(memory, "healthy"))
+
+
+async def test_a_lost_cancellation_does_not_hang_a_stopping_stream() -> None:
+    """Python 3.11's wait_for can lose a cancellation (gh-86296); stop_task asks again. The loss is a
+    race no test can bring about on demand, so this loop loses its first one on purpose."""
+    lost = 0
+
+    async def loop() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stop_task(task, retry_s=0.05), 5)
+    assert task.cancelled() and lost == 1
 
 
 async def test_ingest_publishes_metrics(tmp_path: Path, encoder: ClipEncoder, memory: VideoMemory) -> None:

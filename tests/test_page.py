@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from helpers import require, unique_prefix
 from page_stack import FILE_STREAMS, PageStack
@@ -125,9 +126,40 @@ def open_page(pg: Any, url: str, stream: str | None = "lobby") -> None:
             pg.wait_for_function(f"document.querySelectorAll('#timeline li.clip').length === {FILE_CLIPS}")
 
 
+# every timeline thumbnail in the strip's visible part is a picture (or marked missing), not the
+# placeholder shown while it loads (thumbnails load once they scroll into view)
+THUMBNAILS_SHOWN = """() => {
+  const list = document.querySelector('#timeline');
+  if (!list || !list.offsetParent) return true;
+  const box = list.getBoundingClientRect();
+  return [...list.querySelectorAll('li.clip img')].every((i) => {
+    const r = i.getBoundingClientRect();
+    const seen = r.right > box.left + 1 && r.left < box.right - 1;
+    return !seen || i.classList.contains('missing') || (i.complete && i.naturalWidth > 0);
+  });
+}"""
+
+
 def shot(pg: Any, name: str, *, full_page: bool = True) -> Path:
+    """A screenshot of the page as it is on screen, once the thumbnails in view have loaded.
+
+    A whole page taller than the window is taken through a window as tall as the page, not Playwright's
+    full_page: Chromium's capture beyond the viewport lays the page out again and scrolls inner
+    scrollers back to their start, so the timeline showed its oldest clips, whose thumbnails the page
+    had not loaded (never in view): dark, empty boxes that no user sees."""
     path = SCREENSHOTS / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=full_page)
+    pg.wait_for_function(THUMBNAILS_SHOWN)
+    size = pg.viewport_size
+    height = pg.evaluate("document.documentElement.scrollHeight")
+    if not full_page or height <= size["height"]:
+        pg.screenshot(path=str(path))
+        return path
+    pg.set_viewport_size({"width": size["width"], "height": height})
+    try:
+        pg.wait_for_function(THUMBNAILS_SHOWN)
+        pg.screenshot(path=str(path))
+    finally:
+        pg.set_viewport_size(size)
     return path
 
 
@@ -214,6 +246,39 @@ def test_the_page_loads_without_console_errors(
         assert open_console.unexpected() == []
     finally:
         context.close()
+
+
+def test_a_screenshot_shows_the_timeline_as_it_is_on_screen(
+    page: tuple[Any, Console], stack: PageStack
+) -> None:
+    """The screenshots are what the README points at: taking one leaves the timeline where it was, and
+    every thumbnail it shows is a picture of the video (the demo scene: a light grey background), not
+    the dark box of a thumbnail still loading."""
+    from PIL import Image
+
+    pg, _ = page
+    pg.set_viewport_size({"width": 1366, "height": 600})  # the page is taller than the window
+    open_page(pg, stack.url)
+    scroll = "document.querySelector('#timeline').scrollLeft"
+    pg.wait_for_function(f"{scroll} > 0")  # following the newest clips: the oldest are out of view
+    before = pg.evaluate(scroll)
+    path = shot(pg, "page-short-window")
+    assert pg.evaluate(scroll) == before
+    boxes = pg.evaluate(
+        """() => {
+        const box = document.querySelector('#timeline').getBoundingClientRect();
+        return [...document.querySelectorAll('#timeline li.clip img')].map((i) => i.getBoundingClientRect())
+          .filter((r) => r.left >= box.left && r.right <= box.right)
+          .map((r) => [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY]);
+    }"""
+    )
+    assert len(boxes) >= 4
+    with Image.open(path) as picture:
+        gray = picture.convert("L")
+        for left, top, right, bottom in boxes:
+            inner = (round(left) + 4, round(top) + 4, round(right) - 4, round(bottom) - 4)
+            mean = float(np.asarray(gray.crop(inner)).mean())
+            assert mean > 150, f"a dark thumbnail ({mean:.0f}) at {inner} in {path.name}"
 
 
 def test_the_token_is_asked_once_and_kept_for_the_tab(browser: Any, stack: PageStack) -> None:

@@ -1,11 +1,13 @@
 """`flashlive serve` from a fresh data directory, as a user runs it: /healthz within 60 s, the demo
 stream's clips, an answer, WHIP served in-process; Ctrl-C (or a SIGKILL) leaves no process behind.
 
-Until the real worker command lands, the worker slot runs the worker loop with the fake engine
-(reading the tiny model's tokens) through --worker-command."""
+One test runs serve's own worker command (`flashlive worker` with the tiny model, under a key prefix
+of its own); the others run the worker loop with the fake engine (reading the tiny model's tokens)
+through --worker-command, which starts in a second instead of loading a model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,11 +16,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from helpers import free_port
 
+from flashlive.app.serve import WORKER_COMMAND, serve_threads, worker_command
+from flashlive.cli import build_parser
+from flashlive.commands.options import redis_settings
+from flashlive.config import config_from_data
+from flashlive.memory.settings import RedisSettings
 from flashlive.model.config import get_preset
 
 TESTS = Path(__file__).parent
@@ -51,17 +59,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+@contextlib.contextmanager
+def run_serve(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`flashlive serve` (the quick start on a fresh data directory, the tiny model) with `options`."""
     port = free_port()
-    encoder = get_preset("tiny").encoder_id
-    script = TESTS / "worker_proc.py"
-    worker = f"{{python}} {script} {{redis}} {{prefix}} serve-w 0.01 6 --random --encoder-id {encoder}"
     env = {**os.environ, "FLASHLIVE_DATA_DIR": str(tmp_path / "unused")}
     env.pop("FLASHLIVE_REDIS_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flashlive", "serve", "--data-dir", str(tmp_path / "data"),
-         "--port", str(port), "--model", "tiny", "--worker-command", worker],
+         "--port", str(port), "--model", "tiny", *options],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     try:
@@ -70,6 +76,16 @@ def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """serve with the fake engine's worker loop."""
+    encoder = get_preset("tiny").encoder_id
+    script = TESTS / "worker_proc.py"
+    worker = f"{{python}} {script} {{redis}} {{prefix}} serve-w 0.01 6 --random --encoder-id {encoder}"
+    with run_serve(tmp_path, "--worker-command", worker) as running:
+        yield running
 
 
 def wait_healthy(base: str, proc: subprocess.Popen[str], limit: float = 60.0) -> float:
@@ -116,6 +132,51 @@ def test_serve_quick_start_then_ctrl_c_leaves_nothing(serve: tuple[subprocess.Po
     assert not [p for p in tree if alive(p)], "processes outlived flashlive serve"
 
 
+def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) of each record of a server-sent event stream."""
+    out, event = [], "message"
+    for line in text.splitlines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            out.append((event, json.loads(line[5:])))
+    return out
+
+
+def test_serve_with_its_own_worker_answers_over_http(tmp_path: Path) -> None:
+    """No --worker-command: the real `flashlive worker` (tiny model, CPU) that serve starts, under a key
+    prefix given on the command line, answers a question asked over HTTP."""
+    with run_serve(tmp_path, "--prefix", "tenant-b") as (proc, base):
+        wait_healthy(base, proc)
+        with httpx.Client(base_url=base, timeout=60) as c:
+            deadline = time.monotonic() + 180  # the worker loads the tiny model; the demo makes a clip
+            ready = False
+            while not ready and time.monotonic() < deadline:
+                assert proc.poll() is None, f"serve exited with {proc.returncode}"
+                health = c.get("/healthz").json()
+                ready = bool(health["workers"]["alive"] and health["ingest"].get("demo", {}).get("clips"))
+                time.sleep(0.25)
+            assert ready, f"no worker or no clip within 180 s: {health}"
+            body = {"stream": "demo", "question": "What colour is the ball?", "max_new_tokens": 12}
+            reply = c.post("/api/ask", json=body)
+        assert reply.status_code == 200, reply.text
+        records = sse(reply.text)
+        kinds = [kind for kind, _ in records]
+        assert kinds[0] == "job" and kinds.count("final") == 1 and kinds[-1] == "final", kinds
+        assert "error" not in kinds
+        pieces = [data for kind, data in records if kind == "piece"]
+        final = records[-1][1]
+        assert pieces and "".join(p["text"] for p in pieces) == final["answer"]
+        assert final["stream"] == "demo" and final["job"] == records[0][1]["job"]
+        clips = {c["id"]: c for c in final["clips"]}
+        assert final["evidence"], "the final record cites no clip"
+        for ev in final["evidence"]:  # each evidence range is a clip the answer used
+            assert ev["clip_id"] in clips
+            assert (ev["start"], ev["end"]) == (clips[ev["clip_id"]]["start"], clips[ev["clip_id"]]["end"])
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0
+
+
 def test_serve_killed_takes_its_children_along(serve: tuple[subprocess.Popen[str], str]) -> None:
     proc, base = serve
     wait_healthy(base, proc)
@@ -129,6 +190,27 @@ def test_serve_killed_takes_its_children_along(serve: tuple[subprocess.Popen[str
     while any(alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in tree if alive(p)], "children outlived a killed flashlive serve"
+
+
+def test_the_worker_command_uses_the_redis_and_prefix_of_the_web_app() -> None:
+    """What serve starts, read back by `flashlive worker`'s own parser: the same Redis and key prefix
+    as the web app, also when the prefix comes from the command line rather than a config file."""
+    cfg = config_from_data({})
+    redis = RedisSettings.from_dsn("redis://127.0.0.1:6390/0", prefix="tenant-a")
+    command = worker_command(WORKER_COMMAND, cfg, redis, None)
+    assert command[:4] == [sys.executable, "-m", "flashlive", "worker"]
+    args = build_parser().parse_args(command[3:])
+    got = redis_settings(args, cfg.memory.redis)
+    assert (got.url, got.prefix) == (redis.url, "tenant-a")
+    # torch threads: the cores shared between serve (ingest) and its workers, unless the config says
+    assert args.threads == serve_threads(cfg.worker.processes)
+    pinned = config_from_data({"worker": {"threads": 3, "processes": 2}})
+    assert build_parser().parse_args(worker_command(WORKER_COMMAND, pinned, redis, None)[3:]).threads == 3
+
+
+def test_serve_shares_the_cores_between_ingest_and_its_workers() -> None:
+    assert [serve_threads(1, cores) for cores in (1, 2, 4, 16)] == [1, 1, 2, 8]
+    assert [serve_threads(3, cores) for cores in (2, 8, 16)] == [1, 2, 4]
 
 
 def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def run(watch: Watch, scores: list[float]) -> list[tuple[int, str]]:
     """Feed one score per clip through the state machine; (clip index, event kind) of what it emits."""
     state, out = WatchState(), list[tuple[int, str]]()
     for i, score in enumerate(scores):
-        if not due(watch, state, span(i).end):
+        if not due(watch, state, span(i)):
             continue
         state, event = step(watch, state, score, span(i))
         if event is not None:
@@ -117,6 +117,57 @@ async def test_first_tick_is_the_newest_clip_then_each_clip_in_order(
         got.append(t.clip_id)
         await ticks.complete(t, 0.0, [], [])
     assert got == ["20000-1", "24000-1", "28000-1"]
+
+
+async def test_a_watch_registered_on_a_stopped_stream_is_evaluated_at_once(
+    env: tuple[VideoMemory, WatchStore, TickScheduler],
+) -> None:
+    """The stream's newest clip was evaluated and no clip comes after it: registering a watch ticks
+    that clip again, once, for the watches not evaluated at it."""
+    memory, store, ticks = env
+    await append(memory, "cam", 0, 3)
+    first = await store.add(Watch(stream="cam", condition="a", threshold=0.5, cooldown=0))
+    tick = await ticks.claim("cam", "w1")
+    assert tick is not None and tick.clip_id == "8000-1"
+    state, _ = step(first, WatchState(), 0.9, span(2))
+    await ticks.complete(tick, 12.0, [(first.id, state)], [])
+    assert await ticks.claim("cam", "w1") is None  # caught up; the stream is stopped
+
+    second = await store.add(Watch(stream="cam", condition="b", threshold=0.5, cooldown=0))
+    again = await ticks.claim("cam", "w2")
+    assert again is not None and again.clip_id == "8000-1" and not again.reclaimed
+    states = await store.states("cam")
+    # at that clip, only the new watch is due
+    assert not due(first, states[first.id], span(2)) and due(second, WatchState(), span(2))
+    await ticks.complete(again, 12.0, [], [])
+    assert await ticks.claim("cam", "w2") is None  # once
+
+    # registered while a tick is in flight (it may have read the watches before): that clip again
+    await append(memory, "cam", 3, 1)
+    held = await ticks.claim("cam", "w1")
+    assert held is not None and held.clip_id == "12000-1"
+    await store.add(Watch(stream="cam", condition="c"))
+    assert await ticks.claim("cam", "w2") is None  # busy
+    await ticks.complete(held, 16.0, [], [])
+    late = await ticks.claim("cam", "w2")
+    assert late is not None and late.clip_id == "12000-1"
+    await ticks.complete(late, 16.0, [], [])
+
+    # registered before new clips arrive: the next clip's tick evaluates it, nothing is ticked twice
+    await store.add(Watch(stream="cam", condition="d"))
+    await append(memory, "cam", 4, 1)
+    nxt = await ticks.claim("cam", "w1")
+    assert nxt is not None and nxt.clip_id == "16000-1"
+    await ticks.complete(nxt, 20.0, [], [])
+    assert await ticks.claim("cam", "w1") is None
+    lag = await ticks.lag("cam")
+    assert (lag.evaluated, lag.reclaimed, lag.skipped, lag.lag) == (5, 0, 0, 0)
+
+
+def test_a_watch_is_never_due_twice_at_one_clip() -> None:
+    every_clip = Watch(stream="s", condition="c")
+    state, _ = step(every_clip, WatchState(), 0.3, span(4))
+    assert not due(every_clip, state, span(4)) and due(every_clip, state, span(5))
 
 
 async def test_many_workers_evaluate_each_tick_exactly_once(

@@ -260,6 +260,27 @@ async def test_watch_events_through_the_worker(env: Env) -> None:
     assert env.engine.prefixes == 2 * 9  # one prefix per distinct window per tick, shared by watches
 
 
+async def test_a_watch_added_to_a_stopped_stream_is_evaluated_at_once(env: Env) -> None:
+    """docs/workers.md: a new watch is evaluated at once, also when its stream gets no new clip."""
+    store = WatchStore(env.memory.client, prefix=env.memory.prefix)
+    log = EventLog(env.memory.client, prefix=env.memory.prefix)
+    for i in range(3):
+        await env.memory.append(clip("door", i, 0.9))
+    first = await store.add(Watch(stream="door", condition="a person", window=8, threshold=0.5))
+    await wait_for(lambda: log.read("door"))
+    second = await store.add(Watch(stream="door", condition="a parcel", window=8, threshold=0.5))
+
+    async def second_fired() -> bool:
+        return any(e.watch == second.id for _, e in await log.read("door"))
+
+    await wait_for(second_fired)
+    await asyncio.sleep(0.3)  # several idle polls of the worker: nothing more is evaluated
+    events = [(e.watch, e.kind, e.clip_start) for _, e in await log.read("door")]
+    assert events == [(first.id, "start", 8.0), (second.id, "start", 8.0)]
+    states = await store.states("door")
+    assert states[first.id].evaluations == 1 and states[second.id].evaluations == 1
+
+
 async def test_a_failing_tick_is_counted_and_the_stream_moves_on(env: Env) -> None:
     store = WatchStore(env.memory.client, prefix=env.memory.prefix)
     ticks = TickScheduler(env.memory.client, prefix=env.memory.prefix)

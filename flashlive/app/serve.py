@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -38,11 +39,11 @@ from flashlive.memory.settings import RedisSettings, default_data_dir
 log = logging.getLogger(__name__)
 
 # The query worker each `worker.processes` slot runs: one line to change when the worker command
-# changes. Placeholders: {python} {model} {device} {concurrency} {redis} {prefix}; `--config FILE`
-# is added when serve was given one.
+# changes. Placeholders: {python} {model} {device} {concurrency} {redis} {prefix} {threads};
+# `--config FILE` is added when serve was given one.
 WORKER_COMMAND = (
     "{python} -m flashlive worker --model {model} --device {device} --concurrency {concurrency} "
-    "--redis {redis}"
+    "--redis {redis} --prefix {prefix} --threads {threads}"
 )
 DEMO_STREAM = "demo"
 DEMO_SECONDS = 60.0
@@ -151,13 +152,25 @@ class WorkerSupervisor:
             proc.wait()
 
 
+def serve_threads(processes: int, cores: int | None = None) -> int:
+    """torch threads for each worker serve starts, unless `worker.threads` says: the cores shared out
+    between this process (ingest's encoder) and the workers. More threads than cores, or threads that
+    wait for a core another process holds, slow the small models' many tiny ops down: the tiny preset
+    decoded ~10x faster with 1 thread than with torch's default of 2 on this loaded 2-core machine
+    (docs/benchmarks.md)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // (processes + 1))
+
+
 def worker_command(
     template: str, cfg: FlashliveConfig, redis: RedisSettings, config_path: str | None
 ) -> list[str]:
     assert redis.url is not None
+    threads = cfg.worker.threads or serve_threads(cfg.worker.processes)
     values = {
         "python": sys.executable, "model": cfg.model.name, "device": cfg.worker.device,
         "concurrency": str(cfg.worker.concurrency), "redis": redis.url, "prefix": redis.prefix,
+        "threads": str(threads),
     }  # fmt: skip
     try:
         command = [part.format(**values) for part in shlex.split(template)]

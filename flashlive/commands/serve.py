@@ -10,11 +10,15 @@ from typing import Any
 
 from flashlive.commands.check_config import load_config_or_fail
 from flashlive.commands.options import redis_settings
+from flashlive.commands.validate import config_error
 from flashlive.config import ConfigError, FlashliveConfig, config_from_data
 from flashlive.errors import CommandError
 from flashlive.web.settings import WebSettings
 
 _WEB = WebSettings()
+
+# settings path -> the option that sets it, for one-line errors
+FLAGS = {"web.host": "--host", "web.port": "--port", "model.name": "--model", "worker.processes": "--workers"}
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -36,7 +40,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--worker-command",
         metavar="TEMPLATE",
         help="command each worker process runs, with {python} {model} {device} {concurrency} {redis} "
-        "{prefix} (default: flashlive worker ...; tests run a fake engine)",
+        "{prefix} {threads} (default: flashlive worker ...; tests run a fake engine)",
     )
     s.set_defaults(handler=serve_command)
     w = subparsers.add_parser(
@@ -50,6 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="a flashlive YAML config")
     p.add_argument("--host", help=f"listen address (default: web.host, {_WEB.host})")
     p.add_argument("--port", type=int, help=f"listen port (default: web.port, {_WEB.port})")
+    p.add_argument("--prefix", help="Redis key prefix (default: memory.redis.prefix, fl)")
 
 
 def _config(args: argparse.Namespace, base: FlashliveConfig, source: str) -> FlashliveConfig:
@@ -67,7 +72,7 @@ def _config(args: argparse.Namespace, base: FlashliveConfig, source: str) -> Fla
     try:
         return config_from_data(data, source=source)
     except ConfigError as exc:
-        raise CommandError(f"{len(exc.problems)} problem(s) in the settings:\n{exc}") from None
+        raise config_error(exc, FLAGS) from None
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -58,8 +58,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for the model (default: one per core). Several CPU workers on one machine: "
-        "give each cores / workers",
+        help="CPU threads for the model (default: the config's worker.threads, else torch's: one per "
+        "core). Several CPU workers on one machine: give each cores / workers",
     )
     p.add_argument(
         "--heartbeat", type=float, default=_WORKER.heartbeat, help=f"seconds (default {_WORKER.heartbeat:g})"
@@ -94,7 +94,7 @@ def worker_command(args: argparse.Namespace) -> int:
         settings=_settings(args, cfg),
         dtype=args.dtype,
         download=args.download,
-        threads=_threads(args.threads),
+        threads=_threads(args.threads) if args.threads is not None else cfg.worker.threads,
         step_delay=_number(args.test_step_delay, "--test-step-delay", low=0.0),
     )
     redis = redis_settings(args, cfg.memory.redis)

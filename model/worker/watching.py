@@ -62,7 +62,7 @@ class TickEvaluator:
         watches = await self.store.all(tick.stream)
         states = await self.store.states(tick.stream)
         todo = [(w, states.get(w.id, WatchState())) for w in watches]
-        todo = [(w, s) for w, s in todo if due(w, s, clip.end)]
+        todo = [(w, s) for w, s in todo if due(w, s, clip)]
         try:
             results = await self._score(tick.stream, clip, todo)
         except MemoryStoreError as exc:
