@@ -398,7 +398,9 @@ async def test_a_watch_added_with_the_cli_starts_and_ends_an_event(
 )
 async def test_the_other_worker_finishes_the_job(redis_server: RedisServer, tmp_path: Path, sig: int) -> None:
     prefix = unique_prefix("fo")
-    lease = 4.0  # a killed or frozen worker's job waits this long; a stopped one's is handed back at once
+    # A killed or frozen worker's job waits this long; a stopped one's is handed back at once. Wide enough
+    # that a handed-back job's takeover (1-2 s idle, 5.2 s seen at load 9 on 2 cores) never reaches it.
+    lease = 8.0
     options = ["--heartbeat", "0.3", "--lease", str(lease), "--drain", "0.2", "--test-step-delay", "0.02",
                "--no-watches"]  # fmt: skip
     memory = VideoMemory.from_url(redis_server.url, prefix=prefix)
