@@ -205,11 +205,18 @@ class Qwen2LM(nn.Module):
 
     def forward(self, embeds: Tensor) -> Tensor:
         """Full causal forward, no cache or dropout (training, reference): [B, T, C] -> [B, T, V]."""
+        return self.logits(self.hidden_states(embeds))
+
+    def hidden_states(self, embeds: Tensor) -> Tensor:
+        """The last layer's output before the final norm: [B, T, C] -> [B, T, C].
+
+        Training takes the logits of a few positions from it (the answer's), not of all T x V.
+        """
         x = embeds.to(self.device, self.dtype)
         cos, sin = self._rope(0, x.shape[1])
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, None, i)
-        return self.logits(x)
+        return x
 
     @torch.inference_mode()
     def prefill(

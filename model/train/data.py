@@ -1,0 +1,492 @@
+"""Training items from the generated world, deterministic from (seed, stage, step).
+
+Everything here runs in data worker processes: it draws worlds, renders and resizes their frames
+(uint8, so little crosses between processes), asks questions and tokenizes them. Step s of a stage
+is built from its own random stream, so a resumed run sees exactly the data an uninterrupted one
+would, whichever worker builds it. World seeds of training are drawn at or above HELD_OUT_SEEDS;
+held-out items (the periodic accuracy check, and evaluations) use seeds below it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from flashlive.model.preprocess import resize_frames_pil
+from flashlive.model.world import (
+    CLIP_FRAMES,
+    QA,
+    World,
+    WorldConfig,
+    ask,
+    make_niah,
+)
+from flashlive.model.world.language import vocabulary_texts
+from flashlive.model.world.palette import BORDER_COLOURS, COLOUR_NAMES, GLYPHS, NEEDLE_SHAPES
+from flashlive.model.world.questions import caption
+from flashlive.model.world.script import Needle
+from flashlive.model.world.style import Style
+
+from .settings import HELD_OUT_SEEDS, LongStage, VideoStage
+from .tokens import Prompter
+
+log = logging.getLogger(__name__)
+
+FPS = 1.0  # the model samples about one frame a second; the world plans clips for it
+CLIP_SECONDS = CLIP_FRAMES / FPS
+# Per stage, a tag that keeps its random streams apart (and held-out ones apart from training's).
+TAGS = {"tower": 1, "text": 2, "align": 3, "short": 4, "long": 5, "hires": 6, "pool": 7}
+HELD_OUT_TAG = 1000
+START_CLIPS = 40  # short videos start at a random clip among the first ones of their world
+# Question kinds by family, for the long stage and for balancing.
+NEEDLE_KINDS = ("needle", "multihop", "needle_open")
+TEMPORAL_KINDS = ("count", "first", "after", "before", "before_after", "when", "just", "now", "colour")
+QUESTION_KINDS = (
+    "colour",
+    "shape",
+    "count",
+    "motion",
+    "presence",
+    "now",
+    "just",
+    "first",
+    "after",
+    "before",
+    "before_after",
+    "when",
+    "needle_open",
+)
+
+
+def step_rng(seed: int, stage: str, step: int, *, held_out: bool = False) -> np.random.Generator:
+    return np.random.default_rng([seed, TAGS[stage] + (HELD_OUT_TAG if held_out else 0), step])
+
+
+def world_seed(rng: np.random.Generator, *, held_out: bool) -> int:
+    """A world seed: below HELD_OUT_SEEDS for held-out items, at or above it for training."""
+    if held_out:
+        return int(rng.integers(0, HELD_OUT_SEEDS))
+    return int(rng.integers(HELD_OUT_SEEDS, 2**32))
+
+
+def train_style(seed: int, *, h264: bool, short_side: int | None = None) -> Style:
+    """Style.random(seed), with JPEG for H.264 when PyAV is not wanted, and optionally resized so
+    that its shorter side is `short_side` (high-resolution training needs frames at least that big)."""
+    style = Style.random(seed)
+    if style.codec == "h264" and not h264:
+        # CRF 20..32 is about as lossy as JPEG quality 90..30
+        style = replace(style, codec="jpeg", quality=int(np.interp(style.quality, [20, 32], [90, 30])))
+    if short_side is not None and style.short_side < short_side:
+        k = short_side / style.short_side
+        style = replace(style, width=_even(style.width * k), height=_even(style.height * k))
+    return style
+
+
+def _even(x: float) -> int:
+    return max(32, round(x / 2) * 2)
+
+
+def render_clips(world: World, first_clip: int, clips: int, size: int) -> np.ndarray:
+    """`clips` clips of the world from clip `first_clip`, resized for the tower: uint8 [n, T, S, S, 3]."""
+    frames = [
+        f.image for f in world.frames(FPS, start=first_clip * CLIP_SECONDS, count=clips * CLIP_FRAMES)
+    ]
+    stacked = np.stack([f for f in frames if f is not None])
+    resized = resize_frames_pil(stacked, size)
+    return resized.reshape(clips, CLIP_FRAMES, size, size, 3)
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class Video:
+    """What the tower reads for one video: clips to encode now, and maybe cached clips around them.
+
+    With `pool` = (world, n) the video is the first n clips of that pool world, whose tokens are
+    cached, with the clips at positions `at` replaced by `clips` (needles drawn over them).
+    """
+
+    clips: np.ndarray  # uint8 [m, T, S, S, 3]
+    pool: tuple[int, int] | None = None
+    at: tuple[int, ...] = ()
+
+    @property
+    def num_clips(self) -> int:
+        return self.pool[1] if self.pool is not None else len(self.clips)
+
+
+@dataclass
+class Row:
+    """One sequence for the LLM: prompt rows, the video's tokens, then `text` (question and answer)."""
+
+    prefix: list[int]
+    video: int  # index into Batch.videos; -1: no video (text only)
+    text: list[int]
+    loss_from: int  # text[loss_from:] are the targets
+    answer_from: int  # text[answer_from:] is the answer (exact match counts these)
+    kind: str
+    hires: bool = False
+
+
+@dataclass
+class Batch:
+    videos: list[Video] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def clips(self) -> int:
+        return sum(len(v.clips) for v in self.videos)
+
+
+def qa_row(p: Prompter, qa: QA, video: int, num_frames: int) -> Row:
+    question = p.question(qa.question, num_frames, FPS)
+    answer = p.answer(qa.answer)
+    return Row(
+        p.prefix,
+        video,
+        question + answer,
+        len(question),
+        len(question),
+        qa.kind,
+        qa.needs_hires,
+    )
+
+
+# ------------------------------------------------------------------------------------- questions
+
+
+def pick_questions(
+    rng: np.random.Generator, qas: Sequence[QA], count: int, *, prefer_hires: float = 0.0
+) -> list[QA]:
+    """Up to `count` questions of different kinds, each kind equally likely (so rare kinds are seen
+    as often as common ones); with `prefer_hires`, that share of picks goes to small-object ones."""
+    pool = list(qas)
+    out: list[QA] = []
+    while pool and len(out) < count:
+        hires = [q for q in pool if q.needs_hires]
+        source = hires if hires and rng.random() < prefer_hires else pool
+        kinds = sorted({q.kind for q in source})
+        kind = kinds[int(rng.integers(len(kinds)))]
+        choice = [q for q in source if q.kind == kind][0]
+        out.append(choice)
+        pool = [q for q in pool if q.kind != choice.kind]
+    return out
+
+
+def random_needle_video(
+    rng: np.random.Generator, seed: int, clips: int, style: Style, config: WorldConfig | None = None
+) -> tuple[World, list[QA]]:
+    """A world of `clips` clips with one needle or a short chain of cards, and its needle question."""
+    hops = 2 if clips >= 2 and rng.random() < 0.35 else 1
+    kind = "card" if rng.random() < 0.75 else "object"
+    item = make_niah(
+        seed,
+        frames=clips * CLIP_FRAMES,
+        depth=float(rng.random()),
+        hops=hops,
+        kind=kind,
+        decoys=min(2, clips - hops),
+        config=config,
+        style=style,
+        fmt="niah" if rng.random() < 0.8 else "llava",
+        needle_seed=int(rng.integers(2**32)),
+    )
+    return item.world, [item.question]
+
+
+# ---------------------------------------------------------------------------------- video stages
+
+
+def short_batch(
+    p: Prompter,
+    settings: VideoStage,
+    rng: np.random.Generator,
+    *,
+    size: int,
+    h264: bool,
+    held_out: bool,
+    kinds: Sequence[str] = QUESTION_KINDS,
+    short_side: int | None = None,
+    config: WorldConfig | None = None,
+    prefer_hires: float = 0.0,
+) -> Batch:
+    """`settings.batch` short videos, each with up to `settings.questions` questions."""
+    batch = Batch()
+    for _ in range(settings.batch):
+        seed = world_seed(rng, held_out=held_out)
+        style = train_style(seed, h264=h264, short_side=short_side)
+        clips = int(rng.integers(settings.clips[0], settings.clips[1] + 1))
+        frames = clips * CLIP_FRAMES
+        needle: list[QA] = []
+        if rng.random() < settings.needle_share:
+            world, needle = random_needle_video(rng, seed, clips, style, config)
+            first = 0
+        else:
+            world = World(seed, config=config, style=style)
+            first = int(rng.integers(0, START_CLIPS))
+        video = world.video(first * CLIP_SECONDS, frames, FPS)
+        qas = ask(video, rng, [k for k in kinds if k != "needle"])
+        chosen = pick_questions(rng, needle + qas, settings.questions, prefer_hires=prefer_hires)
+        if not chosen:
+            continue
+        index = len(batch.videos)
+        batch.videos.append(Video(render_clips(world, first, clips, size)))
+        batch.rows.extend(qa_row(p, qa, index, frames) for qa in chosen)
+    return batch
+
+
+def pool_seed(seed: int, world: int) -> int:
+    """The seed of world `world` of the long stage's pool (training seeds only)."""
+    return world_seed(np.random.default_rng([seed, TAGS["pool"], world]), held_out=False)
+
+
+def pool_clips(seed: int, world: int, first: int, clips: int, size: int, *, h264: bool) -> np.ndarray:
+    """Clips of a pool world, as the long stage caches their tokens."""
+    s = pool_seed(seed, world)
+    return render_clips(World(s, style=train_style(s, h264=h264)), first, clips, size)
+
+
+def long_batch(
+    p: Prompter,
+    settings: LongStage,
+    rng: np.random.Generator,
+    *,
+    seed: int,
+    size: int,
+    h264: bool,
+) -> Batch:
+    """`settings.long_batch` long streams from the pool of worlds, each with one needle or temporal
+    question. Only the needle clips are rendered: the rest are the pool's cached tokens."""
+    batch = Batch()
+    clips = int(rng.choice(settings.long_clips))
+    for _ in range(settings.long_batch):
+        k = int(rng.integers(settings.worlds))
+        s = pool_seed(seed, k)
+        qa, world = long_question(rng, s, clips, train_style(s, h264=h264), settings)
+        at = sorted({int(n.start // CLIP_SECONDS) for n in world.needles})
+        rendered = [render_clips(world, c, 1, size) for c in at]
+        empty = np.zeros((0, CLIP_FRAMES, size, size, 3), np.uint8)
+        video = Video(np.concatenate(rendered) if rendered else empty, (k, clips), tuple(at))
+        batch.rows.append(qa_row(p, qa, len(batch.videos), clips * CLIP_FRAMES))
+        batch.videos.append(video)
+    return batch
+
+
+def held_out_long_batch(
+    p: Prompter, settings: LongStage, rng: np.random.Generator, *, size: int, h264: bool
+) -> Batch:
+    """Long streams of held-out worlds, every clip rendered (for the periodic check)."""
+    batch = Batch()
+    clips = int(rng.choice(settings.long_clips))
+    for _ in range(settings.long_batch):
+        s = world_seed(rng, held_out=True)
+        qa, world = long_question(rng, s, clips, train_style(s, h264=h264), settings)
+        batch.rows.append(qa_row(p, qa, len(batch.videos), clips * CLIP_FRAMES))
+        batch.videos.append(Video(render_clips(world, 0, clips, size)))
+    return batch
+
+
+def long_question(
+    rng: np.random.Generator, seed: int, clips: int, style: Style, settings: LongStage
+) -> tuple[QA, World]:
+    """A temporal question on world `seed`'s first clips, or (by default, and when none can be
+    asked) a needle question on the same world with needles added."""
+    if rng.random() < settings.temporal_share:
+        world = World(seed, style=style)
+        picked = pick_questions(rng, ask(world.video(0.0, clips * CLIP_FRAMES, FPS), rng, TEMPORAL_KINDS), 1)
+        if picked:
+            return picked[0], world
+    hops = 1
+    if rng.random() < settings.multihop_share:
+        hops = 2 if rng.random() < 0.6 or clips < 8 else 3
+    item = make_niah(
+        seed,
+        frames=clips * CLIP_FRAMES,
+        depth=float(rng.random()),
+        hops=hops,
+        kind="card" if rng.random() < 0.75 else "object",
+        style=style,
+        fmt="niah" if rng.random() < 0.8 else "llava",
+        needle_seed=int(rng.integers(2**32)),
+    )
+    qa = item.question
+    if hops == 1 and rng.random() < 0.2:
+        open_ = ask(item.video(), rng, ["needle_open"])
+        qa = open_[0] if open_ else qa
+    return qa, item.world
+
+
+# ------------------------------------------------------------------------------------ text stage
+
+
+def text_batch(p: Prompter, batch: int, rng: np.random.Generator, *, held_out: bool) -> Batch:
+    """Text-only sequences: a short video's caption in place of its tokens, then one of its questions
+    and the answer. The loss covers the caption, the question and the answer."""
+    out = Batch()
+    while len(out.rows) < batch:
+        seed = world_seed(rng, held_out=held_out)
+        clips = int(rng.integers(1, 5))
+        world = World(seed, style=Style.random(seed))  # truth only: the style gives the backgrounds
+        if rng.random() < 0.25:
+            world, needle = random_needle_video(rng, seed, clips, world.style)
+            video = world.video(0.0, clips * CLIP_FRAMES, FPS)
+        else:
+            needle = []
+            video = world.video(int(rng.integers(0, START_CLIPS)) * CLIP_SECONDS, clips * CLIP_FRAMES, FPS)
+        text = caption(video, rng)
+        qas = pick_questions(rng, needle + ask(video, rng, QUESTION_KINDS), 1)
+        if not text or not qas:
+            continue
+        described = p.rows(text)
+        question = p.question(qas[0].question, clips * CLIP_FRAMES, FPS)
+        answer = p.answer(qas[0].answer)
+        body = described + question + answer
+        out.rows.append(Row(p.prefix, -1, body, 0, len(described) + len(question), qas[0].kind))
+    return out
+
+
+def vocabulary_batch(p: Prompter) -> list[list[int]]:
+    """Every text of the world's grammar once, as rows (for checking a vocabulary covers them)."""
+    return [p.rows(t) for t in vocabulary_texts()]
+
+
+# ----------------------------------------------------------------------------------- tower stage
+
+HEADS: tuple[tuple[str, int], ...] = (
+    ("colour", len(COLOUR_NAMES)),
+    ("shape", 7),
+    ("size", 3),
+    ("motion", 6),
+    ("glyph", len(GLYPHS) + 1),  # a glyph, or the last class: a pointer disc
+    ("border", len(COLOUR_NAMES)),
+    ("pointer", len(COLOUR_NAMES)),
+    ("background", 5),
+    ("count", 8),
+)
+HEAD_INDEX = {name: i for i, (name, _) in enumerate(HEADS)}
+MAX_INSTANCES = 16  # objects (<= 7), needles and the clip's frames
+
+
+@dataclass
+class TowerBatch:
+    """Clips and what the tower should tell about them: each instance (an object, a needle or a
+    whole frame) pools the clip's patch tokens with `pool` weights and has one label per head."""
+
+    clips: np.ndarray  # uint8 [B, T, S, S, 3]
+    pool: np.ndarray  # float32 [B, K, P], rows sum to 1 (or 0 for padding)
+    labels: np.ndarray  # int64 [B, K, len(HEADS)], -1 where a head says nothing
+
+
+def box_weights(box: tuple[float, float, float, float], grid: int) -> np.ndarray:
+    """Share of each patch of a grid x grid frame that a normalised box covers: [grid, grid]."""
+    x0, y0, x1, y1 = box
+    edges = np.arange(grid + 1) / grid
+    wx = np.clip(np.minimum(x1, edges[1:]) - np.maximum(x0, edges[:-1]), 0, None) * grid
+    wy = np.clip(np.minimum(y1, edges[1:]) - np.maximum(y0, edges[:-1]), 0, None) * grid
+    return np.outer(wy, wx)
+
+
+def random_needle(rng: np.random.Generator, start: float, end: float) -> Needle:
+    """One needle of any kind held over [start, end): a glyph card, a pointer card or an object."""
+    u = rng.random()
+    if u < 0.75:
+        size = float(rng.uniform(0.5, 0.75))
+        hw, hh = size * 0.78 / 2 + 0.02, size / 2 + 0.02
+        x, y = float(rng.uniform(hw, 1 - hw)), float(rng.uniform(hh, 1 - hh))
+        border = str(BORDER_COLOURS[int(rng.integers(len(BORDER_COLOURS)))])
+        if u < 0.55:
+            glyph = str(GLYPHS[int(rng.integers(len(GLYPHS)))])
+            return Needle(start, end, "card", x=x, y=y, size=size, border=border, glyph=glyph)
+        pointer = str(BORDER_COLOURS[int(rng.integers(len(BORDER_COLOURS)))])
+        return Needle(start, end, "card", x=x, y=y, size=size, border=border, pointer=pointer)
+    size = float(rng.uniform(0.15, 0.2))
+    x, y = (float(v) for v in rng.uniform(size + 0.02, 1 - size - 0.02, size=2))
+    shape = str(NEEDLE_SHAPES[int(rng.integers(len(NEEDLE_SHAPES)))])
+    colour = str(COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))])
+    return Needle(start, end, "object", x=x, y=y, size=size, shape=shape, colour=colour)
+
+
+def tower_batch(
+    batch: int, rng: np.random.Generator, *, size: int, h264: bool, held_out: bool, needle_share: float
+) -> TowerBatch:
+    grid = size // 16
+    per_frame = grid * grid
+    clips = np.zeros((batch, CLIP_FRAMES, size, size, 3), np.uint8)
+    pool = np.zeros((batch, MAX_INSTANCES, CLIP_FRAMES * per_frame), np.float32)
+    labels = np.full((batch, MAX_INSTANCES, len(HEADS)), -1, np.int64)
+    for b in range(batch):
+        seed = world_seed(rng, held_out=held_out)
+        first = int(rng.integers(0, START_CLIPS))
+        needles = []
+        if rng.random() < needle_share:
+            needles = [random_needle(rng, first * CLIP_SECONDS, (first + 1) * CLIP_SECONDS)]
+        world = World(seed, style=train_style(seed, h264=h264), needles=needles)
+        frames = list(world.frames(FPS, start=first * CLIP_SECONDS, count=CLIP_FRAMES))
+        images = np.stack([f.image for f in frames if f.image is not None])
+        clips[b] = resize_frames_pil(images, size)
+        for k, (weights, label) in enumerate(clip_instances([f.truth for f in frames], grid)):
+            if k == MAX_INSTANCES:
+                break
+            pool[b, k] = weights / weights.sum()
+            labels[b, k] = label
+    return TowerBatch(clips, pool, labels)
+
+
+def clip_instances(truths: Sequence, grid: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(patch weights [T*g*g], labels [heads]) of every object, needle and frame of one clip."""
+    from flashlive.model.world.palette import ALL_SHAPES, SIZE_NAMES
+    from flashlive.model.world.script import MOTIONS
+    from flashlive.model.world.style import BACKGROUND_KINDS
+
+    per_frame = grid * grid
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    objects: dict[int, tuple[np.ndarray, object]] = {}
+    needles: dict[int, tuple[np.ndarray, Needle]] = {}
+    for f, truth in enumerate(truths):
+        span = slice(f * per_frame, (f + 1) * per_frame)
+        for o in truth.objects:
+            if o.occlusion > 0.25:
+                continue
+            w, _ = objects.setdefault(o.id, (np.zeros(len(truths) * per_frame, np.float32), o))
+            w[span] += box_weights((o.x - o.rx, o.y - o.ry, o.x + o.rx, o.y + o.ry), grid).ravel()
+        for nt in truth.needles:
+            w, _ = needles.setdefault(nt.index, (np.zeros(len(truths) * per_frame, np.float32), nt.needle))
+            w[span] += box_weights(nt.box, grid).ravel()
+    for w, o in objects.values():
+        label = np.full(len(HEADS), -1, np.int64)
+        label[HEAD_INDEX["colour"]] = COLOUR_NAMES.index(o.colour)  # type: ignore[attr-defined]
+        label[HEAD_INDEX["shape"]] = ALL_SHAPES.index(o.shape)  # type: ignore[attr-defined]
+        label[HEAD_INDEX["size"]] = SIZE_NAMES.index(o.size)  # type: ignore[attr-defined]
+        label[HEAD_INDEX["motion"]] = MOTIONS.index(o.motion)  # type: ignore[attr-defined]
+        if w.sum() > 0:
+            out.append((w, label))
+    for w, n in needles.values():
+        label = np.full(len(HEADS), -1, np.int64)
+        if n.kind == "card":
+            assert n.border is not None
+            label[HEAD_INDEX["border"]] = COLOUR_NAMES.index(n.border)
+            if n.glyph is not None:
+                label[HEAD_INDEX["glyph"]] = GLYPHS.index(n.glyph)
+            else:
+                assert n.pointer is not None
+                label[HEAD_INDEX["glyph"]] = len(GLYPHS)
+                label[HEAD_INDEX["pointer"]] = COLOUR_NAMES.index(n.pointer)
+        else:
+            assert n.colour is not None and n.shape is not None
+            label[HEAD_INDEX["colour"]] = COLOUR_NAMES.index(n.colour)
+            label[HEAD_INDEX["shape"]] = ALL_SHAPES.index(n.shape)
+        if w.sum() > 0:
+            out.append((w, label))
+    for f, truth in enumerate(truths):
+        w = np.zeros(len(truths) * per_frame, np.float32)
+        w[f * per_frame : (f + 1) * per_frame] = 1.0
+        label = np.full(len(HEADS), -1, np.int64)
+        label[HEAD_INDEX["background"]] = BACKGROUND_KINDS.index(truth.background)
+        seen = sum(o.occlusion <= 0.25 for o in truth.objects)
+        label[HEAD_INDEX["count"]] = min(seen, 7)
+        out.append((w, label))
+    return out
