@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "flashlive.commands.worker",
     "flashlive.commands.ask",
     "flashlive.commands.watch",
+    "flashlive.commands.train",
 )
 
 

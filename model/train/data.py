@@ -25,9 +25,7 @@ from flashlive.model.world import (
     make_niah,
 )
 from flashlive.model.world.language import vocabulary_texts
-from flashlive.model.world.palette import BORDER_COLOURS, COLOUR_NAMES, GLYPHS, NEEDLE_SHAPES
 from flashlive.model.world.questions import caption
-from flashlive.model.world.script import Needle
 from flashlive.model.world.style import Style
 
 from .settings import HELD_OUT_SEEDS, LongStage, VideoStage
@@ -177,6 +175,15 @@ def pick_questions(
     return out
 
 
+def chain_decoys(clips: int, hops: int, most: int = 2) -> int:
+    """Decoy cards that fit beside a chain of `hops` cards in `clips` clips (one card per clip; from
+    3 hops on a decoy chain needs one more)."""
+    if hops == 1:
+        return most
+    extra = 1 if hops >= 3 else 0
+    return max(0, min(most, clips - hops - extra))
+
+
 def random_needle_video(
     rng: np.random.Generator, seed: int, clips: int, style: Style, config: WorldConfig | None = None
 ) -> tuple[World, list[QA]]:
@@ -189,7 +196,7 @@ def random_needle_video(
         depth=float(rng.random()),
         hops=hops,
         kind=kind,
-        decoys=min(2, clips - hops),
+        decoys=chain_decoys(clips, hops),
         config=config,
         style=style,
         fmt="niah" if rng.random() < 0.8 else "llava",
@@ -309,6 +316,7 @@ def long_question(
         depth=float(rng.random()),
         hops=hops,
         kind="card" if rng.random() < 0.75 else "object",
+        decoys=chain_decoys(clips, hops),
         style=style,
         fmt="niah" if rng.random() < 0.8 else "llava",
         needle_seed=int(rng.integers(2**32)),
@@ -352,141 +360,3 @@ def text_batch(p: Prompter, batch: int, rng: np.random.Generator, *, held_out: b
 def vocabulary_batch(p: Prompter) -> list[list[int]]:
     """Every text of the world's grammar once, as rows (for checking a vocabulary covers them)."""
     return [p.rows(t) for t in vocabulary_texts()]
-
-
-# ----------------------------------------------------------------------------------- tower stage
-
-HEADS: tuple[tuple[str, int], ...] = (
-    ("colour", len(COLOUR_NAMES)),
-    ("shape", 7),
-    ("size", 3),
-    ("motion", 6),
-    ("glyph", len(GLYPHS) + 1),  # a glyph, or the last class: a pointer disc
-    ("border", len(COLOUR_NAMES)),
-    ("pointer", len(COLOUR_NAMES)),
-    ("background", 5),
-    ("count", 8),
-)
-HEAD_INDEX = {name: i for i, (name, _) in enumerate(HEADS)}
-MAX_INSTANCES = 16  # objects (<= 7), needles and the clip's frames
-
-
-@dataclass
-class TowerBatch:
-    """Clips and what the tower should tell about them: each instance (an object, a needle or a
-    whole frame) pools the clip's patch tokens with `pool` weights and has one label per head."""
-
-    clips: np.ndarray  # uint8 [B, T, S, S, 3]
-    pool: np.ndarray  # float32 [B, K, P], rows sum to 1 (or 0 for padding)
-    labels: np.ndarray  # int64 [B, K, len(HEADS)], -1 where a head says nothing
-
-
-def box_weights(box: tuple[float, float, float, float], grid: int) -> np.ndarray:
-    """Share of each patch of a grid x grid frame that a normalised box covers: [grid, grid]."""
-    x0, y0, x1, y1 = box
-    edges = np.arange(grid + 1) / grid
-    wx = np.clip(np.minimum(x1, edges[1:]) - np.maximum(x0, edges[:-1]), 0, None) * grid
-    wy = np.clip(np.minimum(y1, edges[1:]) - np.maximum(y0, edges[:-1]), 0, None) * grid
-    return np.outer(wy, wx)
-
-
-def random_needle(rng: np.random.Generator, start: float, end: float) -> Needle:
-    """One needle of any kind held over [start, end): a glyph card, a pointer card or an object."""
-    u = rng.random()
-    if u < 0.75:
-        size = float(rng.uniform(0.5, 0.75))
-        hw, hh = size * 0.78 / 2 + 0.02, size / 2 + 0.02
-        x, y = float(rng.uniform(hw, 1 - hw)), float(rng.uniform(hh, 1 - hh))
-        border = str(BORDER_COLOURS[int(rng.integers(len(BORDER_COLOURS)))])
-        if u < 0.55:
-            glyph = str(GLYPHS[int(rng.integers(len(GLYPHS)))])
-            return Needle(start, end, "card", x=x, y=y, size=size, border=border, glyph=glyph)
-        pointer = str(BORDER_COLOURS[int(rng.integers(len(BORDER_COLOURS)))])
-        return Needle(start, end, "card", x=x, y=y, size=size, border=border, pointer=pointer)
-    size = float(rng.uniform(0.15, 0.2))
-    x, y = (float(v) for v in rng.uniform(size + 0.02, 1 - size - 0.02, size=2))
-    shape = str(NEEDLE_SHAPES[int(rng.integers(len(NEEDLE_SHAPES)))])
-    colour = str(COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))])
-    return Needle(start, end, "object", x=x, y=y, size=size, shape=shape, colour=colour)
-
-
-def tower_batch(
-    batch: int, rng: np.random.Generator, *, size: int, h264: bool, held_out: bool, needle_share: float
-) -> TowerBatch:
-    grid = size // 16
-    per_frame = grid * grid
-    clips = np.zeros((batch, CLIP_FRAMES, size, size, 3), np.uint8)
-    pool = np.zeros((batch, MAX_INSTANCES, CLIP_FRAMES * per_frame), np.float32)
-    labels = np.full((batch, MAX_INSTANCES, len(HEADS)), -1, np.int64)
-    for b in range(batch):
-        seed = world_seed(rng, held_out=held_out)
-        first = int(rng.integers(0, START_CLIPS))
-        needles = []
-        if rng.random() < needle_share:
-            needles = [random_needle(rng, first * CLIP_SECONDS, (first + 1) * CLIP_SECONDS)]
-        world = World(seed, style=train_style(seed, h264=h264), needles=needles)
-        frames = list(world.frames(FPS, start=first * CLIP_SECONDS, count=CLIP_FRAMES))
-        images = np.stack([f.image for f in frames if f.image is not None])
-        clips[b] = resize_frames_pil(images, size)
-        for k, (weights, label) in enumerate(clip_instances([f.truth for f in frames], grid)):
-            if k == MAX_INSTANCES:
-                break
-            pool[b, k] = weights / weights.sum()
-            labels[b, k] = label
-    return TowerBatch(clips, pool, labels)
-
-
-def clip_instances(truths: Sequence, grid: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(patch weights [T*g*g], labels [heads]) of every object, needle and frame of one clip."""
-    from flashlive.model.world.palette import ALL_SHAPES, SIZE_NAMES
-    from flashlive.model.world.script import MOTIONS
-    from flashlive.model.world.style import BACKGROUND_KINDS
-
-    per_frame = grid * grid
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    objects: dict[int, tuple[np.ndarray, object]] = {}
-    needles: dict[int, tuple[np.ndarray, Needle]] = {}
-    for f, truth in enumerate(truths):
-        span = slice(f * per_frame, (f + 1) * per_frame)
-        for o in truth.objects:
-            if o.occlusion > 0.25:
-                continue
-            w, _ = objects.setdefault(o.id, (np.zeros(len(truths) * per_frame, np.float32), o))
-            w[span] += box_weights((o.x - o.rx, o.y - o.ry, o.x + o.rx, o.y + o.ry), grid).ravel()
-        for nt in truth.needles:
-            w, _ = needles.setdefault(nt.index, (np.zeros(len(truths) * per_frame, np.float32), nt.needle))
-            w[span] += box_weights(nt.box, grid).ravel()
-    for w, o in objects.values():
-        label = np.full(len(HEADS), -1, np.int64)
-        label[HEAD_INDEX["colour"]] = COLOUR_NAMES.index(o.colour)  # type: ignore[attr-defined]
-        label[HEAD_INDEX["shape"]] = ALL_SHAPES.index(o.shape)  # type: ignore[attr-defined]
-        label[HEAD_INDEX["size"]] = SIZE_NAMES.index(o.size)  # type: ignore[attr-defined]
-        label[HEAD_INDEX["motion"]] = MOTIONS.index(o.motion)  # type: ignore[attr-defined]
-        if w.sum() > 0:
-            out.append((w, label))
-    for w, n in needles.values():
-        label = np.full(len(HEADS), -1, np.int64)
-        if n.kind == "card":
-            assert n.border is not None
-            label[HEAD_INDEX["border"]] = COLOUR_NAMES.index(n.border)
-            if n.glyph is not None:
-                label[HEAD_INDEX["glyph"]] = GLYPHS.index(n.glyph)
-            else:
-                assert n.pointer is not None
-                label[HEAD_INDEX["glyph"]] = len(GLYPHS)
-                label[HEAD_INDEX["pointer"]] = COLOUR_NAMES.index(n.pointer)
-        else:
-            assert n.colour is not None and n.shape is not None
-            label[HEAD_INDEX["colour"]] = COLOUR_NAMES.index(n.colour)
-            label[HEAD_INDEX["shape"]] = ALL_SHAPES.index(n.shape)
-        if w.sum() > 0:
-            out.append((w, label))
-    for f, truth in enumerate(truths):
-        w = np.zeros(len(truths) * per_frame, np.float32)
-        w[f * per_frame : (f + 1) * per_frame] = 1.0
-        label = np.full(len(HEADS), -1, np.int64)
-        label[HEAD_INDEX["background"]] = BACKGROUND_KINDS.index(truth.background)
-        seen = sum(o.occlusion <= 0.25 for o in truth.objects)
-        label[HEAD_INDEX["count"]] = min(seen, 7)
-        out.append((w, label))
-    return out

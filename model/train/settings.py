@@ -65,6 +65,17 @@ class TowerStage(StageSettings):
     lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False)
     warmup: int = Field(default=60, ge=0, le=1_000_000)
     needle_share: float = Field(default=0.35, ge=0, le=1, allow_inf_nan=False, title="Clips with a needle")
+    plain_share: float = Field(
+        default=0.3, ge=0, le=1, allow_inf_nan=False, title="Clips drawn plainly (no texture, noise, codec)"
+    )
+    objects: tuple[int, int] = Field(default=(3, 7), title="Objects per scene (min, max)")
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= v[0] <= v[1] <= 7:
+            raise ValueError(f"objects must be [min, max] with 0 <= min <= max <= 7, got {list(v)}")
+        return v
 
 
 class TextStage(StageSettings):
@@ -206,6 +217,14 @@ class TrainSettings(_Section):
     short: ShortStage = Field(default_factory=ShortStage)
     long: LongStage = Field(default_factory=LongStage)
     hires: HiresStage = Field(default_factory=HiresStage)
+
+    @field_validator("model")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from flashlive.model.config import get_preset
+
+        get_preset(v)  # UnknownPresetError (a ValueError) names the presets
+        return v
 
     @model_validator(mode="after")
     def _sizes(self) -> TrainSettings:

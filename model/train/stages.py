@@ -27,6 +27,7 @@ from flashlive.model.config import FlashConfig
 from flashlive.model.world import WorldConfig
 
 from . import data as D
+from . import targets as T
 from .errors import TrainError
 from .loop import RunOptions
 from .parts import Parts, fresh_parts, init_weights
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 32  # clips through the tower at once
 CACHE = "pool-tokens.pt"
+BACKGROUND_WEIGHT = 0.1
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -65,8 +67,15 @@ class DataSpec:
         rng = D.step_rng(self.seed, self.stage, step, held_out=held_out)
         s = self.settings
         if isinstance(s, TowerStage):
-            return D.tower_batch(
-                s.batch, rng, size=self.low_res, h264=self.h264, held_out=held_out, needle_share=s.needle_share
+            return T.tower_batch(
+                s.batch,
+                rng,
+                size=self.low_res,
+                h264=self.h264,
+                held_out=held_out,
+                needle_share=s.needle_share,
+                plain_share=0.0 if held_out else s.plain_share,
+                objects=s.objects,
             )
         p = prompter(self.vocab)
         if isinstance(s, TextStage):
@@ -152,60 +161,86 @@ class Stage:
 
 
 class TowerTask(Stage):
-    """Stage 0, tower: attribute heads on pooled patch tokens of each object, needle and frame."""
+    """Stage 0, tower: attribute heads on its patch tokens and on pooled objects, needles, frames."""
 
     def __init__(self, train: TrainSettings, cfg: FlashConfig, vocab: Vocab) -> None:
         super().__init__("tower", train, cfg, vocab, "")
         self.parts = Parts(cfg, train.low_res)
         init_weights(self.parts.tower, train.seed * 3, layers=cfg.vision.layers)
         width = cfg.vision.width
-        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in D.HEADS})
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in T.HEADS})
+        self.patch_heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in T.PATCH_HEADS})
         init_weights(self.heads, train.seed * 3 + 100, layers=1)
+        init_weights(self.patch_heads, train.seed * 3 + 101, layers=1)
+        # background patches are most of every frame: they count for less, so objects are learnt
+        self._weights: dict[str, Tensor] = {}
+        for name, classes, background in (
+            ("patch_colour", T.PATCH_HEADS[0][1], T.BACKGROUND_COLOUR),
+            ("patch_shape", T.PATCH_HEADS[1][1], T.BACKGROUND_SHAPE),
+        ):
+            w = torch.ones(classes)
+            w[background] = BACKGROUND_WEIGHT
+            self._weights[name] = w
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"tower": self.parts.tower, "heads": self.heads}
+        return {"tower": self.parts.tower, "heads": self.heads, "patch_heads": self.patch_heads}
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self._weights = {k: v.to(device) for k, v in self._weights.items()}
 
     def trainable(self) -> list[nn.Parameter]:
-        return [*self.parts.tower.parameters(), *self.heads.parameters()]
+        return [*self.parts.tower.parameters(), *self.heads.parameters(), *self.patch_heads.parameters()]
 
-    def _logits(self, batch: D.TowerBatch) -> tuple[dict[str, Tensor], Tensor]:
+    def _outputs(self, batch: T.TowerBatch) -> list[tuple[str, Tensor, Tensor]]:
+        """(head, logits [N, classes], targets [N]) for every head, instance heads then patch heads."""
         device = self.parts.device
         features = self.parts.tower(_pixels(batch.clips, device))  # [B, P, C]
         pool = torch.from_numpy(batch.pool).to(device, features.dtype)  # [B, K, P]
         pooled = torch.bmm(pool, features).flatten(0, 1)  # [B*K, C]
         labels = torch.from_numpy(batch.labels).to(device).flatten(0, 1)  # [B*K, heads]
-        return {name: head(pooled).float() for name, head in self.heads.items()}, labels
+        patch_labels = torch.from_numpy(batch.patch_labels).to(device).flatten(0, 1)  # [B*P, heads]
+        tokens = features.flatten(0, 1)
+        out = [(name, self.heads[name](pooled).float(), labels[:, i]) for i, (name, _) in enumerate(T.HEADS)]
+        for i, (name, _) in enumerate(T.PATCH_HEADS):
+            out.append((f"patch_{name}", self.patch_heads[name](tokens).float(), patch_labels[:, i]))
+        return out
 
-    def loss(self, batch: D.TowerBatch) -> tuple[Tensor, dict[str, float]]:
-        logits, labels = self._logits(batch)
-        total = torch.zeros((), device=labels.device)
+    def loss(self, batch: T.TowerBatch) -> tuple[Tensor, dict[str, float]]:
+        total: Tensor | None = None
         stats: dict[str, float] = {}
-        for i, (name, _) in enumerate(D.HEADS):
-            target = labels[:, i]
-            if bool((target >= 0).any()):
-                total = total + F.cross_entropy(logits[name], target, ignore_index=-1)
-                hit = (logits[name].argmax(-1) == target)[target >= 0]
-                stats[f"acc_{name}"] = round(float(hit.float().mean()), 4)
+        for name, logits, target in self._outputs(batch):
+            keep = target >= 0
+            if bool(keep.any()):
+                term = F.cross_entropy(logits[keep], target[keep], weight=self._weights.get(name))
+                total = term if total is None else total + term
+                stats[f"acc_{name}"] = round(float((logits[keep].argmax(-1) == target[keep]).float().mean()), 4)
+        assert total is not None, "a tower batch always has frame targets"
         return total, stats
 
-    def evaluate(self, batches: list[D.TowerBatch]) -> dict[str, Any]:
+    def evaluate(self, batches: list[T.TowerBatch]) -> dict[str, Any]:
         hits: dict[str, list[float]] = defaultdict(list)
         losses = []
         for batch in batches:
-            logits, labels = self._logits(batch)
-            loss = torch.zeros((), device=labels.device)
-            for i, (name, _) in enumerate(D.HEADS):
-                target = labels[:, i]
-                keep = target >= 0
-                if bool(keep.any()):
-                    loss = loss + F.cross_entropy(logits[name], target, ignore_index=-1)
-                    hits[name].extend((logits[name].argmax(-1) == target)[keep].float().tolist())
+            loss, _ = self.loss(batch)
             losses.append(float(loss))
+            for name, logits, target in self._outputs(batch):
+                # patches of things only: background patches are most of a frame and easy
+                keep = (target >= 0) & ~_background(name, target)
+                hits[name].extend((logits[keep].argmax(-1) == target[keep]).float().tolist())
         acc = {name: round(sum(v) / len(v), 4) for name, v in hits.items() if v}
         return {"loss": round(sum(losses) / len(losses), 4), "accuracy": acc}
 
     def final_state(self) -> dict[str, Tensor]:
         return {f"tower.{k}": v.detach().cpu().clone() for k, v in self.parts.tower.state_dict().items()}
+
+
+def _background(head: str, target: Tensor) -> Tensor:
+    if head == "patch_colour":
+        return target == T.BACKGROUND_COLOUR
+    if head == "patch_shape":
+        return target == T.BACKGROUND_SHAPE
+    return torch.zeros_like(target, dtype=torch.bool)
 
 
 class TextTask(Stage):
@@ -296,6 +331,7 @@ class LongTask(VideoTask):
         s = self.settings
         assert isinstance(s, LongStage)
         key = digest({"after": self.after, "worlds": s.worlds, "clips": max(s.long_clips), "f": self.fingerprint()})
+        stage_dir.mkdir(parents=True, exist_ok=True)
         path = stage_dir / CACHE
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
