@@ -119,22 +119,30 @@ class Window(Part):
         return f"[{lo}, {hi})"
 
 
+# The model card's stages sit before layers 4 and 18 of 28; a request that names no layers gets them at
+# the same relative depths of the model that serves it (model/config.py::scale_dropout).
+RECIPE_STAGES = 2
+
+
 class DropoutSettings(Part):
     """Progressive visual-token dropout for one request (prefill only). `{}` is the model-card recipe;
-    leave the field out (null) for no dropout, the release's default."""
+    leave the field out (null) for no dropout, the release's default. `layers` null: the model card's
+    depths ([4, 18] of 28 layers) scaled to the serving model's depth, so `{}` fits every model."""
 
     mode: Literal["uniform", "attention", "uniform0_attention", "uniform1_attention"] = "uniform0_attention"
-    layers: list[Annotated[int, Field(ge=1, le=1024)]] = Field(default=[4, 18], max_length=64)
+    layers: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, max_length=64)
     ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default=[1.0, 0.75, 0.25], max_length=65)
 
     @model_validator(mode="after")
     def _stages(self) -> DropoutSettings:
-        if len(self.ratios) != len(self.layers) + 1:
+        stages = RECIPE_STAGES if self.layers is None else len(self.layers)
+        if len(self.ratios) != stages + 1:
             raise ValueError(
-                "dropout needs one ratio more than layers: "
-                f"{len(self.layers)} layers, {len(self.ratios)} ratios"
+                f"dropout needs one ratio more than layers: {stages} layers"
+                f"{' (the recipe, when none are given)' if self.layers is None else ''}, "
+                f"{len(self.ratios)} ratios"
             )
-        if self.layers != sorted(set(self.layers)):
+        if self.layers is not None and self.layers != sorted(set(self.layers)):
             raise ValueError(f"dropout layers must be strictly increasing, got {self.layers}")
         return self
 

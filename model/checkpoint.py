@@ -34,6 +34,8 @@ from flashlive.model.config import (
     get_preset,
 )
 from flashlive.model.errors import CheckpointError
+from flashlive.model.shipped import PROVENANCE_FILE, require_shipped
+from flashlive.model.vocab_rows import kept_ids
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 RELEASED_TOWERS = {224: "umt-large", 448: "umt-hd-large"}  # the names the released configs carry
 SUPPORTED_PROJECTOR = "tome16_mlp_hd64"
+VOCAB_IDS_KEY = "flashlive_vocab_ids"  # a restricted vocabulary's kept ids, in row order
+DEFAULT_MAX_FRAMES = 512
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -158,6 +162,16 @@ def check_supported(raw: dict[str, Any]) -> None:
         )
 
 
+def _vocab_ids(raw: dict[str, Any]) -> tuple[int, ...] | None:
+    """A restricted vocabulary's kept ids (model/vocab_rows.py); absent in released checkpoints."""
+    ids = raw.get(VOCAB_IDS_KEY)
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise CheckpointError(f"config.json: {VOCAB_IDS_KEY} must be a list of token ids")
+    return tuple(ids)
+
+
 def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
     """Map a released config.json onto FlashConfig, refusing what this implementation cannot run."""
     check_supported(raw)
@@ -183,9 +197,12 @@ def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            vocab_ids=_vocab_ids(raw),
         )
     except KeyError as exc:
         raise CheckpointError(f"config.json: missing key {exc.args[0]!r}") from None
+    except ValueError as exc:  # LLMConfig's own checks (vocab_ids)
+        raise CheckpointError(f"config.json: {VOCAB_IDS_KEY}: {exc}") from None
     dropout = None
     if raw.get("mm_llm_compress"):
         mode = raw.get("llm_compress_type", "attention")
@@ -205,7 +222,7 @@ def config_from_released(raw: dict[str, Any], name: str) -> FlashConfig:
         merge=MergeConfig(tokens_per_clip=16 * vision.clip_frames, metric_chunks=vision.heads),
         llm=llm,
         dropout=dropout,
-        max_frames=int(raw.get("flashlive_max_frames", 512)),
+        max_frames=int(raw.get("flashlive_max_frames", DEFAULT_MAX_FRAMES)),
     )
 
 
@@ -255,6 +272,11 @@ def released_config_dict(cfg: FlashConfig) -> dict[str, Any]:
             flashlive_vision_heads=v.heads,
             flashlive_vision_mlp_dim=v.mlp_dim,
         )
+    ids = kept_ids(m)
+    if ids is not None:
+        raw[VOCAB_IDS_KEY] = list(ids)
+    if cfg.max_frames != DEFAULT_MAX_FRAMES:
+        raw["flashlive_max_frames"] = cfg.max_frames
     return raw
 
 
@@ -397,11 +419,14 @@ def save_released_layout(
     shard_bytes: int = 2 << 20,
     single_file: bool = False,
     store_tied: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write config.json and the weights with the release's keys.
 
     Sharded safetensors + index (the 7B layout), or with `single_file` one `model.safetensors` and no
-    index (the 2B layout). `store_tied` writes a tied head too, as the 2B release does.
+    index (the 2B layout). `store_tied` writes a tied head too, as the 2B release does. `dtype`: store
+    floating-point tensors in it (None: as they are). Weight files already in `ckpt_dir` are removed
+    first, so a stale index or shard can never shadow the new weights.
     """
     from safetensors.torch import save_file
 
@@ -411,7 +436,12 @@ def save_released_layout(
         for key, tensor in module.state_dict().items():
             if key in tied_keys(module) and not store_tied:
                 continue
-            state[prefix + key] = tensor.detach().contiguous().clone()
+            t = tensor.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            state[prefix + key] = t.to("cpu").contiguous().clone()
+    for old in [*ckpt_dir.glob("*.safetensors"), ckpt_dir / INDEX_FILE]:
+        old.unlink(missing_ok=True)
     (ckpt_dir / "config.json").write_text(json.dumps(released_config_dict(cfg), indent=2))
     if single_file:
         save_file(state, str(ckpt_dir / SINGLE_FILE), metadata={"format": "pt"})
@@ -433,6 +463,40 @@ def save_released_layout(
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (ckpt_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    cfg: FlashConfig,
+    tower: nn.Module,
+    projector: nn.Module,
+    llm: nn.Module,
+    *,
+    provenance: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+    single_file: bool = True,
+    shard_bytes: int = 2 << 20,
+) -> None:
+    """A whole model as a loadable checkpoint folder: what `flashlive train` ships (model/weights/mini).
+
+    The release's keys and config.json (restricted vocabulary and max_frames included), weights in
+    `dtype` (fp16: the shipped file), generation_config.json, and `provenance` (commit, seed, recipe,
+    accuracy: whatever the caller knows) as provenance.json.
+    """
+    from flashlive.model.generation_config import ENDOFTEXT_ID, GENERATION_FILE, PRESET_EOS_IDS
+
+    parts = [(TOWER_PREFIX, tower), (PROJECTOR_PREFIX, projector), ("", llm)]
+    save_released_layout(ckpt_dir, cfg, parts, single_file=single_file, shard_bytes=shard_bytes, dtype=dtype)
+    # Qwen2's stop ids and no repetition penalty; chat() decodes greedily, the file decides the rest.
+    generation = {
+        "bos_token_id": ENDOFTEXT_ID,
+        "pad_token_id": ENDOFTEXT_ID,
+        "eos_token_id": list(PRESET_EOS_IDS),
+        "repetition_penalty": 1.0,
+    }
+    (ckpt_dir / GENERATION_FILE).write_text(json.dumps(generation, indent=2))
+    if provenance is not None:
+        (ckpt_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------- dtype / device
@@ -458,6 +522,12 @@ def preset_or_dir(spec: str, *, download: bool = False) -> tuple[FlashConfig, Pa
         return load_config(ckpt, name=spec), ckpt
     if cfg.seed is not None:
         return cfg, None
+    if cfg.shipped is not None:
+        # Weights inside the package; the preset picks the resolution the tower runs at.
+        ckpt = require_shipped(spec, cfg.shipped)
+        loaded = load_config(ckpt, name=cfg.name)
+        vision = replace(loaded.vision, image_size=cfg.vision.image_size)
+        return replace(loaded, vision=vision, max_frames=cfg.max_frames), ckpt
     # A released preset names a repo id: its weights must come from the cache or a download.
     ckpt = resolve_checkpoint_dir(cfg.name, download=download)
     return replace(load_config(ckpt, name=cfg.name), max_frames=cfg.max_frames), ckpt

@@ -8,10 +8,14 @@ loading or stop behaving as published.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from flashlive.model.errors import UnknownPresetError
 
 DROPOUT_MODES = ("uniform", "attention", "uniform0_attention", "uniform1_attention")
+# LLMConfig.vocab_ids: keep the ids of the generated world's language (model/world/vocab.py), computed
+# when a model is built; a checkpoint stores the list itself.
+WORLD_VOCAB: Literal["world"] = "world"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,19 @@ class LLMConfig:
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
+    # Restricted vocabulary (model/vocab_rows.py): the ids that get embedding and output rows, sorted;
+    # every other id shares one reserved row and is never produced. None: one row per id. WORLD_VOCAB:
+    # the generated world's ids. vocab_size stays the size of the id space (the logits' width).
+    vocab_ids: tuple[int, ...] | Literal["world"] | None = None
+
+    def __post_init__(self) -> None:
+        ids = self.vocab_ids
+        if ids is None or ids == WORLD_VOCAB:
+            return
+        if isinstance(ids, str):
+            raise ValueError(f"vocab_ids must be a list of token ids or {WORLD_VOCAB!r}, got {ids!r}")
+        if not ids or list(ids) != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= self.vocab_size:
+            raise ValueError(f"vocab_ids must be distinct increasing token ids in 0..{self.vocab_size - 1}")
 
     @property
     def head_dim(self) -> int:
@@ -107,6 +124,8 @@ class FlashConfig:
     dropout: DropoutConfig | None = None
     max_frames: int = 512
     seed: int | None = None  # set for presets whose weights are generated, so the encoder id is stable
+    # Presets whose weights ship with the package: the folder under model/weights/ (model/shipped.py).
+    shipped: str | None = None
 
     @property
     def encoder_id(self) -> str:
@@ -117,6 +136,22 @@ class FlashConfig:
 
 
 MODEL_CARD_DROPOUT = DropoutConfig("uniform0_attention", (4, 18), (1.0, 0.75, 0.25))
+MODEL_CARD_LAYERS = 28  # the recipe's layers are those of the 28-layer Qwen2 / Qwen2.5 LLMs
+
+
+def scale_dropout(
+    dropout: DropoutConfig, num_layers: int, reference: int = MODEL_CARD_LAYERS
+) -> DropoutConfig:
+    """The same recipe at the same relative depths in an LLM of `num_layers` layers.
+
+    A stage before layer k of `reference` runs before layer round(k * num_layers / reference), and
+    never before layer 1 (the first layer always sees every token). [4, 18] of 28 -> [1, 4] of 6.
+    """
+    layers = tuple(max(1, round(k * num_layers / reference)) for k in dropout.layers)
+    if len(set(layers)) != len(layers) or layers[-1] >= num_layers:
+        raise ValueError(f"{num_layers} layers are too few to place dropout stages at {list(dropout.layers)}")
+    return replace(dropout, layers=layers)
+
 
 _QWEN25_1P5B = LLMConfig(
     vocab_size=151936,
@@ -129,6 +164,33 @@ _QWEN25_1P5B = LLMConfig(
 )
 _QWEN2_7B = LLMConfig()
 _QWEN25_7B_1M = replace(_QWEN2_7B, rope_theta=10_000_000.0, max_position_embeddings=1_010_000)
+
+# The small model trained here on the generated world (issue 11; docs/model.md, "The mini preset"): the
+# same code as the released models, narrow. Its weights ship in model/weights/mini, made by
+# `flashlive train`; the final model is the 448 one (stage 4 fine-tunes the tower at 448).
+_MINI_VISION = VisionConfig(image_size=448, width=192, layers=4, heads=4, mlp_dim=768)
+_MINI_LLM = LLMConfig(
+    vocab_size=151936,
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=1_000_000.0,
+    # 3,200 frames are 51,200 visual tokens before dropout: the needle tests reach 3,000 frames
+    max_position_embeddings=65_536,
+    tie_word_embeddings=True,
+    vocab_ids=WORLD_VOCAB,
+)
+_MINI = FlashConfig(
+    name="mini",
+    vision=_MINI_VISION,
+    merge=MergeConfig(metric_chunks=_MINI_VISION.heads),  # the metric averages over the tower's heads
+    llm=_MINI_LLM,
+    dropout=scale_dropout(MODEL_CARD_DROPOUT, _MINI_LLM.num_hidden_layers),
+    max_frames=3_200,
+    shipped="mini",
+)
 
 PRESETS: dict[str, FlashConfig] = {
     # Real architecture at toy scale: every code path of the big models, in seconds on a CPU.
@@ -150,6 +212,13 @@ PRESETS: dict[str, FlashConfig] = {
         max_frames=64,
         seed=0,
     ),
+    # The shipped weights (448 tower).
+    "mini": _MINI,
+    # The same weights run at 224 (a quarter of the patches per frame: cheaper ingest, small objects
+    # harder to see); the shape `flashlive train` uses before its high-resolution stage.
+    "mini-224": replace(_MINI, name="mini-224", vision=replace(_MINI_VISION, image_size=224)),
+    # The mini shape with random weights from a seed, like tiny: asked for by name, never a fallback.
+    "mini-random": replace(_MINI, name="mini-random", seed=0, shipped=None),
     "VideoChat-Flash-Qwen2_5-2B_res448": FlashConfig(
         name="OpenGVLab/VideoChat-Flash-Qwen2_5-2B_res448",
         vision=VisionConfig(image_size=448),

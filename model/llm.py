@@ -13,6 +13,10 @@ contiguous from position 0, and a decoded token takes, in each layer, the positi
 cache length. This is exactly what the release does: its decode step starts from position
 len(full prompt) + n (from the attention mask's cumsum) and, at each drop layer, subtracts
 int(N * ratios[s]) - int(N * ratios[s + 1]), the number of tokens that stage dropped.
+
+Restricted vocabulary (`LLMConfig.vocab_ids`, see `flashlive.model.vocab_rows`): embed_tokens and
+lm_head hold rows for the kept ids only; `embed` takes token ids and `logits` returns logits over all
+ids (-inf where an id has no row), so callers never see rows.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from flashlive.model.dropout import (
     uniform_keep,
 )
 from flashlive.model.kv_cache import BatchKVCache, KVCache
+from flashlive.model.vocab_rows import embedding_rows, vocab_rows
 
 Cache: TypeAlias = KVCache | BatchKVCache
 
@@ -131,7 +136,7 @@ class DecoderLayer(nn.Module):
 class Qwen2Model(nn.Module):
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(embedding_rows(cfg), cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -182,7 +187,8 @@ class Qwen2LM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Qwen2Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.hidden_size, self.model.embed_tokens.num_embeddings, bias=False)
+        self.vocab = vocab_rows(cfg)  # None: one row per id
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
             # tied checkpoints may omit lm_head.weight: fill it from the embedding so strict loading works
@@ -201,22 +207,23 @@ class Qwen2LM(nn.Module):
 
     def embed(self, token_ids: Tensor) -> Tensor:
         """token_ids: [B, T] -> [B, T, C] in the compute dtype."""
-        return self.model.embed_tokens(token_ids.to(self.device))
+        return self.model.embed_tokens(self.rows(token_ids).to(self.device))
 
-    def forward(self, embeds: Tensor) -> Tensor:
-        """Full causal forward, no cache or dropout (training, reference): [B, T, C] -> [B, T, V]."""
-        return self.logits(self.hidden_states(embeds))
+    def rows(self, token_ids: Tensor) -> Tensor:
+        """The embedding / output row of each token id (the id itself unless the vocabulary is restricted)."""
+        return token_ids if self.vocab is None else self.vocab.rows(token_ids)
 
-    def hidden_states(self, embeds: Tensor) -> Tensor:
-        """The last layer's output before the final norm: [B, T, C] -> [B, T, C].
+    def forward(self, embeds: Tensor, *, rows: bool = False) -> Tensor:
+        """Full causal forward, no cache or dropout (training, reference): [B, T, C] -> [B, T, V].
 
-        Training takes the logits of a few positions from it (the answer's), not of all T x V.
+        rows: logits over the output rows [B, T, R] instead (training with a restricted vocabulary:
+        cross-entropy against `rows(targets)`, without materialising the full id space).
         """
         x = embeds.to(self.device, self.dtype)
         cos, sin = self._rope(0, x.shape[1])
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, None, i)
-        return x
+        return self.row_logits(x) if rows else self.logits(x)
 
     @torch.inference_mode()
     def prefill(
@@ -294,6 +301,11 @@ class Qwen2LM(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Final norm and head: hidden states [..., C] -> logits [..., V] float32."""
+        out = self.row_logits(h)
+        return out if self.vocab is None else self.vocab.scatter(out)
+
+    def row_logits(self, h: Tensor) -> Tensor:
+        """Final norm and head over the output rows: [..., C] -> [..., R] float32 (R = V unrestricted)."""
         return self.lm_head(self.model.norm(h)).float()
 
     def selection_keys(self, layer: int, h: Tensor, start: int) -> Tensor:

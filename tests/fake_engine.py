@@ -116,7 +116,7 @@ class FakeEngine:
         should_stop: Callable[[], bool] | None = None,
     ) -> FakePrefix:
         self.durations.append(duration)
-        if dropout is not None and dropout.layers[-1] > 24:
+        if dropout is not None and dropout.layers is not None and dropout.layers[-1] > 24:
             raise EngineRequestError(f"dropout layer {dropout.layers[-1]} is past the model's 24 layers")
         with self.lock:
             self.prefixes += 1

@@ -99,13 +99,16 @@ def test_ask_file_json_reports_answer_tokens_and_timings(video: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ask_file_dropout_keeps_the_asked_share(video: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--dropout", "uniform0_attention", "--dropout-layers", "1,3", "--dropout-ratios", "1,0.75,0.25"]
+@pytest.mark.parametrize("layers", [["--dropout-layers", "1,3"], []])  # none: [4, 18] of 28 -> [1, 3] of 4
+def test_ask_file_dropout_keeps_the_asked_share(
+    video: Path, capsys: pytest.CaptureFixture[str], layers: list[str]
+) -> None:
+    args = ["--dropout", "uniform0_attention", *layers, "--dropout-ratios", "1,0.75,0.25"]
     assert main(["ask-file", str(video), "What moves?", "--json", "--max-new-tokens", "2", *args]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["visual_kept"] == [768, 256]  # of 1024
     assert report["evidence"] and report["evidence"][0]["score"] >= report["evidence"][-1]["score"]
-    assert report["dropout"]["mode"] == "uniform0_attention"
+    assert report["dropout"]["mode"] == "uniform0_attention" and report["dropout"]["layers"] == [1, 3]
 
 
 @pytest.mark.slow

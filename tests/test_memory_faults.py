@@ -214,9 +214,16 @@ async def test_out_of_memory_is_named_waited_for_and_the_final_state_still_writt
         assert "waited 0.3 s" in str(err.value) and 1 < stored < 100
         assert await memory.append(clip(stored)) == AppendStatus.BUFFERED  # live: transient, buffered
         memory.discard("cam")
-        if server_version(server.binary) < (7, 0, 0):  # scripts may pass maxmemory from Redis 7 on
-            with pytest.raises(MemoryFullError):
+        if server_version(server.binary) < (7, 0, 0):
+            # Scripts may pass maxmemory from Redis 7 on. 6.2 refuses them only while used memory is over
+            # the limit, which moves with client buffers (seen both ways on two machines): either the
+            # state is refused by name, or it is written.
+            try:
                 await memory.set_state("cam", StreamState.ERROR, error=str(err.value))
+            except MemoryFullError:
+                pass
+            else:
+                assert (await memory.status("cam")).state == StreamState.ERROR
         else:
             await memory.set_state("cam", StreamState.ERROR, error=str(err.value))  # past maxmemory
             status = await memory.status("cam")

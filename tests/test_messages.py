@@ -38,8 +38,9 @@ def test_ask_job_defaults_and_round_trip() -> None:
     assert job.deadline > job.submitted and job.v == SCHEMA_VERSION
     back = parse_job(job.dumps())
     assert back == job
+    # the recipe: its layers are left to the serving model's depth (model/worker/model_engine.py)
     assert DropoutSettings() == DropoutSettings(
-        mode="uniform0_attention", layers=[4, 18], ratios=[1, 0.75, 0.25]
+        mode="uniform0_attention", layers=None, ratios=[1, 0.75, 0.25]
     )
 
 
@@ -57,6 +58,7 @@ def test_ask_job_defaults_and_round_trip() -> None:
         ({"window": {"start": 10, "end": 5}}, "window"),
         ({"window": {"start": float("nan")}}, "window.start"),
         ({"dropout": {"layers": [4, 18], "ratios": [1.0]}}, "dropout"),
+        ({"dropout": {"ratios": [1.0, 0.5]}}, "dropout"),  # the recipe has two stages
         ({"dropout": {"layers": [18, 4], "ratios": [1, 0.5, 0.2]}}, "dropout"),
         ({"dropout": {"mode": "random"}}, "dropout.mode"),
         ({"generation": {"top_p": 0}}, "generation.top_p"),

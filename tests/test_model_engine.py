@@ -110,13 +110,24 @@ def test_should_stop_frees_the_engine_within_a_step(model: ModelEngine) -> None:
     assert not model.engine.has_unfinished()
 
 
+def test_the_recipe_without_layers_takes_the_models_depths(model: ModelEngine) -> None:
+    # `{}` (the page's dropout box, `flashlive ask --dropout recipe`): [4, 18] of 28 -> [1, 3] of 4
+    assert model.dropout_config(DropoutSettings()).layers == (1, 3)
+    assert model.dropout_config(DropoutSettings(mode="attention", ratios=[1, 0.5, 0.125])).layers == (1, 3)
+    assert model.dropout_config(DropoutSettings(layers=[2], ratios=[1, 0.5])).layers == (2,)
+    window = clips(model, 3)
+    recipe = model.prefix(window, DropoutSettings())
+    assert recipe.handle is model.prefix(window, RECIPE_ON_TINY).handle  # the same dropout, one prefix
+    assert recipe.handle.visual_kept == [144, 48]
+
+
 def test_requests_the_model_cannot_serve(model: ModelEngine) -> None:
     good = clips(model, 2)
     other = [Clip(c.stream, c.start, c.end, c.frames, c.tokens, "another-encoder") for c in good]
     with pytest.raises(EngineRequestError, match="encoder"):
         model.prefix(other, None)
     with pytest.raises(EngineRequestError, match="dropout layer 18 does not exist"):
-        model.prefix(good, DropoutSettings())  # the 28-layer recipe on a 4-layer model
+        model.prefix(good, DropoutSettings(layers=[4, 18]))  # the 28-layer depths on a 4-layer model
     prefix = model.prefix(good, None)
     with pytest.raises(ContextLimitError, match="does not fit"):
         model.answer(prefix, "why? " * 9000, generation=Generation(), should_stop=never)

@@ -262,7 +262,10 @@ async def test_bad_asks_are_one_line_errors(service: Service, memory: VideoMemor
         (("ask", "porch", "q", "--start", "5000", "--end", "6000"), "window_outside_memory"),
         (("ask", "porch", "q", "--budget", "0"), "--budget: Input should be greater than or equal to 1"),
         (("ask", "porch", "q", "--last", "5", "--start", "3"), "--last/--start/--end: give either"),
-        (("ask", "porch", "q", "--dropout", "recipe"), "invalid_request: dropout layer 18 does not exist"),
+        (
+            ("ask", "porch", "q", "--dropout", "uniform", "--dropout-layers", "4,18"),
+            "invalid_request: dropout layer 18 does not exist",
+        ),
         (("ask", "porch", "q", "--release-sampling", "--budget", "30"), "multiple of 4 frames"),
         (("ask", "porch", "q", "--timeout", "nan"), "--timeout"),
         (("ask", "porch", "q", "--dropout", "uniform", "--dropout-ratios", "1,x"), "--dropout-ratios"),

@@ -51,11 +51,11 @@ WORKER_SETTLE_S = 20.0
 
 
 def default_model() -> str:
-    """The trained small model once its preset exists (`mini`), else `tiny` (random weights: the page
-    shows a banner)."""
-    from flashlive.model.config import PRESETS
+    """The trained small model when its weights are in the package (`mini`), else `tiny` (random
+    weights: the page shows a banner)."""
+    from flashlive.model.shipped import weights_present
 
-    return "mini" if "mini" in PRESETS else "tiny"
+    return "mini" if weights_present("mini") else "tiny"
 
 
 def quickstart_config(data_dir: Path) -> FlashliveConfig:

@@ -118,9 +118,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         default="off",
         choices=("off", "recipe", *DROPOUT_MODES),
         help="progressive visual dropout: off (the release's default), recipe (the model card's: "
-        "uniform0_attention, layers 4,18, ratios 1,0.75,0.25), or a mode with --dropout-layers/-ratios",
+        "uniform0_attention, layers 4,18 of 28 at the same depths of the worker's model, ratios "
+        "1,0.75,0.25), or a mode with --dropout-layers/-ratios",
     )
-    model.add_argument("--dropout-layers", default=",".join(map(str, _DROPOUT.layers)), metavar="L,L")
+    model.add_argument(
+        "--dropout-layers", default=None, metavar="L,L", help="(default: the recipe's, scaled to the model)"
+    )
     model.add_argument(
         "--dropout-ratios", default=",".join(f"{r:g}" for r in _DROPOUT.ratios), metavar="R,R,R"
     )
@@ -195,7 +198,11 @@ def _dropout(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.dropout == "recipe":
         return {}
     try:
-        layers = [int(v) for v in args.dropout_layers.split(",") if v.strip()]
+        layers = (
+            None
+            if args.dropout_layers is None
+            else [int(v) for v in args.dropout_layers.split(",") if v.strip()]
+        )
         ratios = [float(v) for v in args.dropout_ratios.split(",") if v.strip()]
     except ValueError as exc:
         raise CommandError(

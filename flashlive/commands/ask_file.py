@@ -79,19 +79,26 @@ def add_dropout_args(p: argparse.ArgumentParser) -> None:
         help="visual dropout mode: off, uniform, attention, uniform0_attention, uniform1_attention "
         "(default: the checkpoint's setting)",
     )
-    p.add_argument("--dropout-layers", default=None, help="comma-separated layers (default 4,18)")
+    p.add_argument(
+        "--dropout-layers",
+        default=None,
+        help="comma-separated layers (default: 4,18 of 28 at the same depths of the model; 1,4 for mini)",
+    )
     p.add_argument("--dropout-ratios", default=None, help="one more than layers (default 1,0.75,0.25)")
 
 
-def parse_dropout(args: argparse.Namespace, default: Any) -> Any:
-    from flashlive.model.config import DropoutConfig
+def parse_dropout(args: argparse.Namespace, default: Any, num_layers: int) -> Any:
+    from flashlive.model.config import MODEL_CARD_DROPOUT, DropoutConfig, scale_dropout
 
     if args.dropout is None:
         return default
     if args.dropout == "off":
         return None
     try:
-        layers = tuple(int(v) for v in (args.dropout_layers or "4,18").split(",") if v.strip())
+        if args.dropout_layers is None:
+            layers = scale_dropout(MODEL_CARD_DROPOUT, num_layers).layers
+        else:
+            layers = tuple(int(v) for v in args.dropout_layers.split(",") if v.strip())
         ratios = tuple(float(v) for v in (args.dropout_ratios or "1,0.75,0.25").split(",") if v.strip())
         return DropoutConfig(args.dropout, layers, ratios)
     except ValueError as exc:
@@ -130,7 +137,7 @@ def ask_file(args: argparse.Namespace) -> int:
             args.model, device=args.device, dtype=args.dtype, download=args.download, progress=True
         )
         timings["load"] = time.perf_counter() - t0
-        dropout = parse_dropout(args, engine.cfg.dropout)
+        dropout = parse_dropout(args, engine.cfg.dropout, engine.cfg.llm.num_hidden_layers)
         if dropout is not None:
             check_dropout(dropout, engine.cfg.llm.num_hidden_layers)
         params = engine.sampling(

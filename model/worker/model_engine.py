@@ -33,7 +33,7 @@ import numpy as np
 
 from flashlive.memory.messages import DropoutSettings, Generation
 from flashlive.memory.types import Clip
-from flashlive.model.config import DropoutConfig
+from flashlive.model.config import MODEL_CARD_DROPOUT, DropoutConfig, scale_dropout
 from flashlive.model.engine import Engine, PrefixHandle
 from flashlive.model.errors import ModelError, PromptTooLongError
 from flashlive.model.generation_config import RequestSampling
@@ -113,6 +113,14 @@ class ModelEngine:
         engine = Engine.load(model, device=device, dtype=dtype, download=download, progress=progress)
         return cls(engine, step_delay=step_delay)
 
+    def dropout_config(self, dropout: DropoutSettings) -> DropoutConfig:
+        """A request's dropout; without layers, the model card's at this model's relative depths."""
+        if dropout.layers is not None:
+            layers = tuple(dropout.layers)
+        else:
+            layers = scale_dropout(MODEL_CARD_DROPOUT, self.engine.cfg.llm.num_hidden_layers).layers
+        return DropoutConfig(dropout.mode, layers, tuple(dropout.ratios))
+
     def prefix(
         self,
         clips: Sequence[Clip],
@@ -127,11 +135,7 @@ class ModelEngine:
         started = time.perf_counter()
         try:
             window = VideoWindow.from_clips(clips, duration=duration)
-            config = (
-                None
-                if dropout is None
-                else DropoutConfig(dropout.mode, tuple(dropout.layers), tuple(dropout.ratios))
-            )
+            config = None if dropout is None else self.dropout_config(dropout)
         except (ModelError, ValueError) as exc:
             raise _request_error(exc) from exc
         key = (window.stream, window.encoder_id, window.clip_ids, window.duration, config)
