@@ -40,8 +40,14 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     t.add_argument("--config", metavar="FILE", help="YAML file whose `train` section sets the recipe")
     t.add_argument("--steps", type=int, help="steps of each stage run (overrides the config)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the config's, cpu)")
-    t.add_argument("--out", default=DEFAULT_OUT, help=f"folder of checkpoints and logs (default {DEFAULT_OUT})")
-    t.add_argument("--weights", help="where `all` and `export` write the final weights (default: --out/weights)")
+    t.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"folder of checkpoints and logs (default {DEFAULT_OUT})"
+    )
+    t.add_argument(
+        "--weights",
+        help="where `all` and `export` write the final weights (default: the preset's shipped folder, "
+        "model/weights/mini for mini; else --out/weights)",
+    )
     t.add_argument("--seed", type=int, help="seed of weights and data (default: the config's, 0)")
     t.add_argument("--workers", type=int, help="data worker processes (default: one per CPU core)")
     t.add_argument("--model", help="preset whose shape is trained (default: the config's)")
@@ -77,17 +83,19 @@ def train_settings(args: argparse.Namespace) -> Any:
 def train_command(args: argparse.Namespace) -> int:
     from flashlive.model.errors import ModelError
     from flashlive.model.train.errors import StoppedEarly
-    from flashlive.model.train.recipe import export, run
+    from flashlive.model.train.recipe import default_weights, export, run
 
     opts = check_options(
         TrainOptions, {"time_limit": args.time_limit, "out": args.out, "weights": args.weights}, TRAIN_FLAGS
     )
     settings = train_settings(args)
     out = Path(opts.out)
-    weights = Path(opts.weights) if opts.weights else out / "weights"
     try:
+        weights = Path(opts.weights) if opts.weights else default_weights(settings) or out / "weights"
         if args.stage != "export":
-            results = run(args.stage, settings, out, time_limit=opts.time_limit, progress=not args.no_progress)
+            results = run(
+                args.stage, settings, out, time_limit=opts.time_limit, progress=not args.no_progress
+            )
             for r in results:
                 print(_summary(r))
         if args.stage in ("all", "export"):

@@ -3,8 +3,8 @@
 Everything here runs in data worker processes: it draws worlds, renders and resizes their frames
 (uint8, so little crosses between processes), asks questions and tokenizes them. Step s of a stage
 is built from its own random stream, so a resumed run sees exactly the data an uninterrupted one
-would, whichever worker builds it. World seeds of training are drawn at or above HELD_OUT_SEEDS;
-held-out items (the periodic accuracy check, and evaluations) use seeds below it.
+would, whichever worker builds it. World seeds of training are drawn below HELD_OUT_SEEDS; held-out
+items (the periodic accuracy check here, and every evaluation) use seeds from it on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from flashlive.model.world import (
     ask,
     make_niah,
 )
-from flashlive.model.world.language import vocabulary_texts
 from flashlive.model.world.questions import caption
 from flashlive.model.world.style import Style
 
@@ -64,10 +63,11 @@ def step_rng(seed: int, stage: str, step: int, *, held_out: bool = False) -> np.
 
 
 def world_seed(rng: np.random.Generator, *, held_out: bool) -> int:
-    """A world seed: below HELD_OUT_SEEDS for held-out items, at or above it for training."""
+    """A world seed: below HELD_OUT_SEEDS for training, from it on (below 2**32, where world seeds
+    wrap) for held-out items."""
     if held_out:
-        return int(rng.integers(0, HELD_OUT_SEEDS))
-    return int(rng.integers(HELD_OUT_SEEDS, 2**32))
+        return int(rng.integers(HELD_OUT_SEEDS, 2**32))
+    return int(rng.integers(0, HELD_OUT_SEEDS))
 
 
 def train_style(seed: int, *, h264: bool, short_side: int | None = None) -> Style:
@@ -89,9 +89,7 @@ def _even(x: float) -> int:
 
 def render_clips(world: World, first_clip: int, clips: int, size: int) -> np.ndarray:
     """`clips` clips of the world from clip `first_clip`, resized for the tower: uint8 [n, T, S, S, 3]."""
-    frames = [
-        f.image for f in world.frames(FPS, start=first_clip * CLIP_SECONDS, count=clips * CLIP_FRAMES)
-    ]
+    frames = [f.image for f in world.frames(FPS, start=first_clip * CLIP_SECONDS, count=clips * CLIP_FRAMES)]
     stacked = np.stack([f for f in frames if f is not None])
     resized = resize_frames_pil(stacked, size)
     return resized.reshape(clips, CLIP_FRAMES, size, size, 3)
@@ -169,7 +167,7 @@ def pick_questions(
         source = hires if hires and rng.random() < prefer_hires else pool
         kinds = sorted({q.kind for q in source})
         kind = kinds[int(rng.integers(len(kinds)))]
-        choice = [q for q in source if q.kind == kind][0]
+        choice = next(q for q in source if q.kind == kind)
         out.append(choice)
         pool = [q for q in pool if q.kind != choice.kind]
     return out
@@ -349,14 +347,9 @@ def text_batch(p: Prompter, batch: int, rng: np.random.Generator, *, held_out: b
         qas = pick_questions(rng, needle + ask(video, rng, QUESTION_KINDS), 1)
         if not text or not qas:
             continue
-        described = p.rows(text)
+        described = p.ids(text)
         question = p.question(qas[0].question, clips * CLIP_FRAMES, FPS)
         answer = p.answer(qas[0].answer)
         body = described + question + answer
         out.rows.append(Row(p.prefix, -1, body, 0, len(described) + len(question), qas[0].kind))
     return out
-
-
-def vocabulary_batch(p: Prompter) -> list[list[int]]:
-    """Every text of the world's grammar once, as rows (for checking a vocabulary covers them)."""
-    return [p.rows(t) for t in vocabulary_texts()]

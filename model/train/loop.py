@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +41,11 @@ class StageTask(Protocol):
 
     name: str
     settings: StageSettings
-    data: Callable[[int, bool], Any]  # batch (step, held_out): picklable, runs in data workers
+
+    @property
+    def data(self) -> Callable[[int, bool], Any]:
+        """Batch (step, held_out): picklable, runs in data workers."""
+        ...
 
     def prepare(self, stage_dir: Path, opts: RunOptions) -> None:
         """Work before the first step (e.g. caching tokens)."""
@@ -151,11 +156,10 @@ class _Stop:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Stop:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only: the time limit still works
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._ask)
-            except ValueError:  # not the main thread: no handlers, the time limit still works
-                pass
+            self._old[sig] = signal.signal(sig, self._ask)
         return self
 
     def _ask(self, signum: int, frame: FrameType | None) -> None:
@@ -193,7 +197,9 @@ def _trim_log(path: Path, step: int) -> None:
     """Keep the log lines up to `step` (a killed run may have logged past its last checkpoint)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+    ]
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -208,7 +214,9 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
     if is_finished(stage_dir, s.steps):
         final = read_final(stage_dir)
         log.info("stage %s already finished (%d steps)", task.name, s.steps)
-        return StageResult(task.name, s.steps, final.get("loss"), final.get("seconds", 0.0), final.get("eval", {}))
+        return StageResult(
+            task.name, s.steps, final.get("loss"), final.get("seconds", 0.0), final.get("eval", {})
+        )
     modules = task.modules()
     params = task.trainable()
     optimizer = torch.optim.AdamW(param_groups(params, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
@@ -233,7 +241,9 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
         }
         _atomic_save(state, ckpt_path)
 
-    bar = tqdm(total=s.steps, initial=start, desc=f"train {task.name}", unit="step", disable=not opts.progress)
+    bar = tqdm(
+        total=s.steps, initial=start, desc=f"train {task.name}", unit="step", disable=not opts.progress
+    )
     step = start
     with _Stop() as stop:
         for step, batch in zip(range(start, s.steps), _loader(task, start, opts), strict=False):

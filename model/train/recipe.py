@@ -9,7 +9,6 @@ final weights (fp16, the release's key layout) with a provenance record.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import subprocess
@@ -20,16 +19,16 @@ from typing import Any
 
 import torch
 
-from flashlive.model.checkpoint import PROJECTOR_PREFIX, TOWER_PREFIX, save_released_layout
+from flashlive.model.checkpoint import save_checkpoint
 from flashlive.model.config import FlashConfig, get_preset
 from flashlive.model.device import resolve_device
+from flashlive.model.shipped import shipped_dir
 
 from .errors import TrainError
 from .loop import RunOptions, StageResult, read_final, run_stage
 from .parts import Parts
 from .settings import STAGES, TrainSettings
 from .stages import LongTask, Stage, TextTask, TowerTask, VideoTask, digest
-from .tokens import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ STARTS_FROM: dict[str, tuple[str, ...]] = {
     "long": ("short",),
     "hires": ("long",),
 }
-PROVENANCE = "provenance.json"
 
 
 def stage_dir(out: Path, name: str) -> Path:
@@ -68,16 +66,11 @@ def model_config(train: TrainSettings) -> FlashConfig:
     return cfg
 
 
-def vocab_for(cfg: FlashConfig) -> Vocab:
-    """The rows the model's embedding holds: every Qwen2 id, unless the preset restricts them."""
-    return Vocab(size=cfg.llm.vocab_size)
-
-
-def make_task(name: str, train: TrainSettings, cfg: FlashConfig, vocab: Vocab, out: Path) -> Stage:
+def make_task(name: str, train: TrainSettings, cfg: FlashConfig, out: Path) -> Stage:
     if name == "tower":
-        return TowerTask(train, cfg, vocab)
+        return TowerTask(train, cfg)
     if name == "text":
-        return TextTask(train, cfg, vocab)
+        return TextTask(train, cfg)
     start: dict[str, torch.Tensor] = {}
     prints = []
     for prev in STARTS_FROM[name]:
@@ -86,8 +79,8 @@ def make_task(name: str, train: TrainSettings, cfg: FlashConfig, vocab: Vocab, o
         prints.append(final.get("fingerprint"))
     after = digest(prints)
     if name == "long":
-        return LongTask(name, train, cfg, vocab, start, after)
-    return VideoTask(name, train, cfg, vocab, start, after)
+        return LongTask(name, train, cfg, start, after)
+    return VideoTask(name, train, cfg, start, after)
 
 
 def run_options(train: TrainSettings, *, deadline: float | None, progress: bool) -> RunOptions:
@@ -109,19 +102,17 @@ def run(
     time_limit: float | None = None,
     progress: bool = True,
     cfg: FlashConfig | None = None,
-    vocab: Vocab | None = None,
 ) -> list[StageResult]:
     """Run the stages `which` names, in order; each resumes where it stopped.
 
     Raises StoppedEarly when `time_limit` (seconds) passes: run again to continue.
     """
     cfg = cfg or model_config(train)
-    vocab = vocab or vocab_for(cfg)
     deadline = time.monotonic() + time_limit if time_limit is not None else None
     opts = run_options(train, deadline=deadline, progress=progress)
     results = []
     for name in stages_for(which):
-        task = make_task(name, train, cfg, vocab, out)
+        task = make_task(name, train, cfg, out)
         task.to(opts.device)
         log.info("stage %s %s on %s, %d data workers", NUMBER[name], name, opts.device, opts.workers)
         results.append(run_stage(task, stage_dir(out, name), opts))
@@ -134,27 +125,23 @@ def run(
 def export(
     out: Path, train: TrainSettings, dest: Path, *, cfg: FlashConfig | None = None, device: str = "cpu"
 ) -> Path:
-    """Write the finished recipe's weights to `dest`: config.json and model.safetensors in fp16 with
-    the release's keys (the normal loader reads them), and provenance.json."""
+    """Write the finished recipe's weights to `dest` (`checkpoint.save_checkpoint`): config.json and
+    model.safetensors in fp16 with the release's keys, generation_config.json and provenance.json."""
     cfg = cfg or model_config(train)
     final = read_final(stage_dir(out, "hires"))
     parts = Parts(cfg, train.hires.image_size)
     parts.load_state_dict(final["state"])
-    parts.half()
     shipped = replace(parts.cfg, seed=None)
-    save_released_layout(
-        dest,
-        shipped,
-        [(TOWER_PREFIX, parts.tower), (PROJECTOR_PREFIX, parts.projector), ("", parts.llm)],
-        single_file=True,
-    )
-    config_path = dest / "config.json"
-    raw = json.loads(config_path.read_text())
-    raw["torch_dtype"] = "float16"
-    config_path.write_text(json.dumps(raw, indent=2))
-    (dest / PROVENANCE).write_text(json.dumps(provenance(out, train, device), indent=2))
+    record = provenance(out, train, device)
+    save_checkpoint(dest, shipped, parts.tower, parts.projector, parts.llm, provenance=record)
     log.info("wrote %s", dest)
     return dest
+
+
+def default_weights(train: TrainSettings) -> Path | None:
+    """Where `all` writes the weights by default: the preset's shipped folder (model/weights/mini)."""
+    cfg = model_config(train)
+    return shipped_dir(cfg.shipped) if cfg.shipped else None
 
 
 def provenance(out: Path, train: TrainSettings, device: str) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """The recipe's stages: what each trains, on which data, with which loss.
 
-    0 tower  the tower (and small attribute heads, dropped afterwards) on per-object attributes
-    0 text   the LLM on the world's text
-    1 align  the projector only, on clip captions (tower and LLM frozen)
-    2 short  short videos of 1-4 clips, every question kind
-    3 long   short videos mixed with long streams holding needles and temporal questions (tower frozen)
-    4 hires  the tower at 448 (3,136 patches merged to 64 per clip), on scenes of small objects
+0 tower  the tower (and small attribute heads, dropped afterwards) on per-object attributes
+0 text   the LLM on the world's text
+1 align  the projector only, on clip captions (tower and LLM frozen)
+2 short  short videos of 1-4 clips, every question kind
+3 long   short videos mixed with long streams holding needles and temporal questions (tower frozen)
+4 hires  the tower at 448 (3,136 patches merged to 64 per clip), on scenes of small objects
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from .settings import (
     TrainSettings,
     VideoStage,
 )
-from .tokens import Vocab, prompter
+from .tokens import prompter
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class DataSpec:
     stage: str
     settings: StageSettings
     seed: int
-    vocab: Vocab
     low_res: int
     h264: bool
 
@@ -77,7 +76,7 @@ class DataSpec:
                 plain_share=0.0 if held_out else s.plain_share,
                 objects=s.objects,
             )
-        p = prompter(self.vocab)
+        p = prompter()
         if isinstance(s, TextStage):
             return D.text_batch(p, s.batch, rng, held_out=held_out)
         if isinstance(s, LongStage):
@@ -115,22 +114,22 @@ class Stage:
 
     name: str
 
-    def __init__(self, name: str, train: TrainSettings, cfg: FlashConfig, vocab: Vocab, after: str) -> None:
+    parts: Parts
+
+    def __init__(self, name: str, train: TrainSettings, cfg: FlashConfig, after: str) -> None:
         self.name = name
         self.train = train
         self.settings: StageSettings = train.stage(name)
         self.cfg = cfg
-        self.vocab = vocab
         self.after = after  # fingerprint digest of the stage this one starts from ("" for none)
-        self.data = DataSpec(name, self.settings, train.seed, vocab, train.low_res, train.h264)
+        self.data = DataSpec(name, self.settings, train.seed, train.low_res, train.h264)
 
     def fingerprint(self) -> dict[str, Any]:
         skip = {"steps", "save_every", "eval_every", "eval_items", "log_every"}
         return {
             "stage": self.name,
             "seed": self.train.seed,
-            "model": self.cfg.encoder_id + f"/llm{self.cfg.llm.hidden_size}x{self.cfg.llm.num_hidden_layers}",
-            "vocab": self.vocab.size,
+            "model": digest([asdict(self.cfg.vision), asdict(self.cfg.merge), asdict(self.cfg.llm)]),
             "low_res": self.train.low_res,
             "h264": self.train.h264,
             "settings": self.settings.model_dump(mode="json", exclude=skip),
@@ -141,10 +140,12 @@ class Stage:
         """Work before the first step (the long stage encodes its pool of worlds)."""
 
     def to(self, device: torch.device) -> None:
+        self.parts.to(device)
         for m in self.modules().values():
             m.to(device)
 
     def modules(self) -> dict[str, nn.Module]:
+        """What a checkpoint holds: the trained modules (frozen ones come back from the start state)."""
         raise NotImplementedError
 
     def trainable(self) -> list[nn.Parameter]:
@@ -163,8 +164,8 @@ class Stage:
 class TowerTask(Stage):
     """Stage 0, tower: attribute heads on its patch tokens and on pooled objects, needles, frames."""
 
-    def __init__(self, train: TrainSettings, cfg: FlashConfig, vocab: Vocab) -> None:
-        super().__init__("tower", train, cfg, vocab, "")
+    def __init__(self, train: TrainSettings, cfg: FlashConfig) -> None:
+        super().__init__("tower", train, cfg, "")
         self.parts = Parts(cfg, train.low_res)
         init_weights(self.parts.tower, train.seed * 3, layers=cfg.vision.layers)
         width = cfg.vision.width
@@ -214,7 +215,9 @@ class TowerTask(Stage):
             if bool(keep.any()):
                 term = F.cross_entropy(logits[keep], target[keep], weight=self._weights.get(name))
                 total = term if total is None else total + term
-                stats[f"acc_{name}"] = round(float((logits[keep].argmax(-1) == target[keep]).float().mean()), 4)
+                stats[f"acc_{name}"] = round(
+                    float((logits[keep].argmax(-1) == target[keep]).float().mean()), 4
+                )
         assert total is not None, "a tower batch always has frame targets"
         return total, stats
 
@@ -246,8 +249,8 @@ def _background(head: str, target: Tensor) -> Tensor:
 class TextTask(Stage):
     """Stage 0, text: the LLM alone on captions, questions and answers."""
 
-    def __init__(self, train: TrainSettings, cfg: FlashConfig, vocab: Vocab) -> None:
-        super().__init__("text", train, cfg, vocab, "")
+    def __init__(self, train: TrainSettings, cfg: FlashConfig) -> None:
+        super().__init__("text", train, cfg, "")
         self.parts = Parts(cfg, train.low_res)
         init_weights(self.parts.llm, train.seed * 3 + 2, layers=cfg.llm.num_hidden_layers)
 
@@ -276,11 +279,10 @@ class VideoTask(Stage):
         name: str,
         train: TrainSettings,
         cfg: FlashConfig,
-        vocab: Vocab,
         start: dict[str, Tensor],
         after: str,
     ) -> None:
-        super().__init__(name, train, cfg, vocab, after)
+        super().__init__(name, train, cfg, after)
         s = self.settings
         assert isinstance(s, VideoStage)
         size = s.image_size if isinstance(s, HiresStage) else train.low_res
@@ -292,7 +294,7 @@ class VideoTask(Stage):
         self.params = self.parts.train_only(self.train_parts)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"parts": self.parts}
+        return {name: self.parts.part(name) for name in self.train_parts}
 
     def trainable(self) -> list[nn.Parameter]:
         return self.params
@@ -330,7 +332,9 @@ class LongTask(VideoTask):
     def prepare(self, stage_dir: Path, opts: RunOptions) -> None:
         s = self.settings
         assert isinstance(s, LongStage)
-        key = digest({"after": self.after, "worlds": s.worlds, "clips": max(s.long_clips), "f": self.fingerprint()})
+        key = digest(
+            {"after": self.after, "worlds": s.worlds, "clips": max(s.long_clips), "f": self.fingerprint()}
+        )
         stage_dir.mkdir(parents=True, exist_ok=True)
         path = stage_dir / CACHE
         if path.is_file():
@@ -466,8 +470,8 @@ def sequence_outputs(parts: Parts, batch: D.Batch, visual: list[Tensor]) -> Sequ
             owner.append(i)
             is_answer.append(j >= row.answer_from)
     h = hidden[torch.tensor(rows_i, device=device), torch.tensor(pos, device=device)]
-    logits = llm.logits(h)  # [N, V] float32
-    target = torch.tensor(targets, device=device)
+    logits = llm.row_logits(h)  # [N, rows] float32: a restricted vocabulary's rows, else every id's
+    target = llm.rows(torch.tensor(targets, device=device)).to(device)
     token_loss = F.cross_entropy(logits, target, reduction="none")
     own = torch.tensor(owner, device=device)
     n_rows = len(batch.rows)

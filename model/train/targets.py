@@ -270,6 +270,8 @@ def _needle_labels(n: Needle) -> np.ndarray:
         if n.glyph is not None:
             return _labels(border=COLOUR_NAMES.index(n.border), glyph=GLYPHS.index(n.glyph))
         assert n.pointer is not None
-        return _labels(border=COLOUR_NAMES.index(n.border), glyph=POINTER, pointer=COLOUR_NAMES.index(n.pointer))
+        return _labels(
+            border=COLOUR_NAMES.index(n.border), glyph=POINTER, pointer=COLOUR_NAMES.index(n.pointer)
+        )
     assert n.colour is not None and n.shape is not None
     return _labels(colour=COLOUR_NAMES.index(n.colour), shape=ALL_SHAPES.index(n.shape))
