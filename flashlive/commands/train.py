@@ -6,6 +6,9 @@
 
 Each stage resumes from its last checkpoint in --out: stop it (Ctrl-C, a time limit) and run the same
 command again. Exit status 3 means "stopped early, saved: run again to continue".
+
+`python -m flashlive.commands.train STAGE ...` is the same command on its own: it imports none of the
+other commands (Redis, PyAV, the web stack), for a training machine with only torch and its kin.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flashlive.commands.validate import TRAIN_FLAGS, TrainOptions, check_options, config_error
-from flashlive.config import ConfigError, load_config
+from flashlive.commands.check_config import load_config_or_fail
+from flashlive.commands.validate import TRAIN_FLAGS, TrainOptions, check_options
 from flashlive.errors import CommandError
 
 STOPPED_EARLY = 3  # exit status: saved before the end, run again to continue
@@ -62,11 +65,8 @@ def train_settings(args: argparse.Namespace) -> Any:
     from flashlive.model.train.settings import TrainSettings
 
     data: dict[str, Any] = {}
-    if args.config:
-        try:
-            data = load_config(args.config).train.model_dump(mode="json")
-        except ConfigError as exc:
-            raise config_error(exc, {}) from None
+    if args.config:  # problems in the file are named with its line
+        data = load_config_or_fail(args.config).train.model_dump(mode="json")
     for key in ("seed", "device", "workers", "model"):
         value = getattr(args, key)
         if value is not None:
@@ -118,3 +118,9 @@ def _summary(r: Any) -> str:
     elif isinstance(acc, dict):
         line += ", held-out " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
     return line
+
+
+if __name__ == "__main__":
+    from flashlive.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]], modules=("flashlive.commands.train",)))
