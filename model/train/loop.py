@@ -220,21 +220,22 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
     modules = task.modules()
     params = task.trainable()
     optimizer = torch.optim.AdamW(param_groups(params, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
-    start, seconds = 0, 0.0
+    start, seconds, cpu = 0, 0.0, 0.0
     if ckpt_path.is_file():
-        start, seconds = _resume(ckpt_path, task, modules, optimizer)
+        start, seconds, cpu = _resume(ckpt_path, task, modules, optimizer)
         log.info("stage %s: resuming at step %d of %d", task.name, start, s.steps)
     _trim_log(log_path, start)
     task.prepare(stage_dir, opts)
     held_out = [task.data(i, True) for i in range(_eval_batches(task))]
     recent: list[float] = []
     last_eval: dict[str, Any] = {}
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
 
     def save(step: int) -> None:
         state = {
             "step": step,
             "seconds": seconds + time.perf_counter() - began,
+            "cpu_seconds": cpu + time.process_time() - cpu_began,
             "fingerprint": task.fingerprint(),
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "optimizer": optimizer.state_dict(),
@@ -258,6 +259,7 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
                 record.update(stats)
                 record["step_s"] = round(time.perf_counter() - t0, 4)
                 record["elapsed_s"] = round(seconds + time.perf_counter() - began, 1)
+                record["cpu_s"] = round(cpu + time.process_time() - cpu_began, 1)
                 _write_log(log_path, record)
             if held_out and ((s.eval_every and done % s.eval_every == 0) or done == s.steps):
                 last_eval = _evaluate(task, held_out, opts)
@@ -277,6 +279,9 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
         "steps": s.steps,
         "loss": final_loss,
         "seconds": total,
+        # CPU time of this process (its threads), not of the data workers: on a shared machine the
+        # wall time says more about the neighbours than about the recipe
+        "cpu_seconds": cpu + time.process_time() - cpu_began,
         "eval": last_eval,
         "fingerprint": task.fingerprint(),
         "state": task.final_state(),
@@ -292,7 +297,7 @@ def _eval_batches(task: StageTask) -> int:
 
 def _resume(
     path: Path, task: StageTask, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     state = _load(path)
     if state.get("fingerprint") != task.fingerprint():
         raise TrainError(
@@ -302,7 +307,7 @@ def _resume(
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), float(state.get("seconds", 0.0))
+    return int(state["step"]), float(state.get("seconds", 0.0)), float(state.get("cpu_seconds", 0.0))
 
 
 def _train_step(

@@ -153,6 +153,7 @@ def provenance(out: Path, train: TrainSettings, device: str) -> dict[str, Any]:
             "steps": final.get("steps"),
             "final_loss": final.get("loss"),
             "seconds": round(float(final.get("seconds", 0.0)), 1),
+            "cpu_seconds": round(float(final.get("cpu_seconds", 0.0)), 1),
             "held_out": final.get("eval", {}),
         }
     return {

@@ -61,13 +61,16 @@ class StageSettings(_Section):
 class TowerStage(StageSettings):
     """Stage 0, tower: per-object and per-frame attributes from pooled patch tokens (heads discarded)."""
 
-    steps: int = Field(default=700, ge=0, le=10_000_000)
-    batch: int = Field(default=8, ge=1, le=4096, title="Clips per step")
-    lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False)
-    warmup: int = Field(default=60, ge=0, le=1_000_000)
+    steps: int = Field(default=500, ge=0, le=10_000_000)
+    batch: int = Field(default=4, ge=1, le=4096, title="Clips per step")
+    lr: float = Field(default=1.5e-3, gt=0, le=1, allow_inf_nan=False)
+    eval_items: int = Field(default=48, ge=0, le=4096, title="Held-out clips per check")
     needle_share: float = Field(default=0.35, ge=0, le=1, allow_inf_nan=False, title="Clips with a needle")
     plain_share: float = Field(
         default=0.3, ge=0, le=1, allow_inf_nan=False, title="Clips drawn plainly (no texture, noise, codec)"
+    )
+    mix_share: float = Field(
+        default=0.5, ge=0, le=1, allow_inf_nan=False, title="Clips made of four frames of four worlds"
     )
     objects: tuple[int, int] = Field(default=(3, 7), title="Objects per scene (min, max)")
 
@@ -82,8 +85,7 @@ class TowerStage(StageSettings):
 class TextStage(StageSettings):
     """Stage 0, text: the LLM learns the world's language (captions, questions, answers)."""
 
-    steps: int = Field(default=600, ge=0, le=10_000_000)
-    batch: int = Field(default=16, ge=1, le=4096)
+    batch: int = Field(default=12, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False)
 
 
@@ -115,8 +117,10 @@ class VideoStage(StageSettings):
 class AlignStage(VideoStage):
     """Stage 1: the projector learns to speak to the frozen LLM, on clip captions."""
 
-    steps: int = Field(default=400, ge=0, le=10_000_000)
+    steps: int = Field(default=250, ge=0, le=10_000_000)
+    batch: int = Field(default=4, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1, allow_inf_nan=False)
+    eval_items: int = Field(default=16, ge=0, le=4096)
     clips: tuple[int, int] = (1, 2)
     questions: int = Field(default=1, ge=1, le=16)
     needle_share: float = Field(default=0.15, ge=0, le=1, allow_inf_nan=False)
@@ -133,9 +137,11 @@ class AlignStage(VideoStage):
 class ShortStage(VideoStage):
     """Stage 2: every question kind on short videos of 1 to 4 clips."""
 
-    steps: int = Field(default=800, ge=0, le=10_000_000)
+    steps: int = Field(default=500, ge=0, le=10_000_000)
     batch: int = Field(default=4, ge=1, le=4096)
     lr: float = Field(default=5e-4, gt=0, le=1, allow_inf_nan=False)
+    # the tower learnt its attributes in stage 0; tuning it here too is the GPU recipe's (4x the cost)
+    train: tuple[Part, ...] = ("projector", "llm")
 
 
 class LongStage(VideoStage):
@@ -145,8 +151,9 @@ class LongStage(VideoStage):
     are cached per clip) and needle clips are encoded on their own and spliced in.
     """
 
-    steps: int = Field(default=600, ge=0, le=10_000_000)
+    steps: int = Field(default=400, ge=0, le=10_000_000)
     batch: int = Field(default=4, ge=1, le=4096, title="Short videos per short step")
+    eval_items: int = Field(default=16, ge=0, le=4096)
     lr: float = Field(default=3e-4, gt=0, le=1, allow_inf_nan=False)
     train: tuple[Part, ...] = ("projector", "llm")
     long_share: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False, title="Steps on a long stream")
@@ -177,10 +184,12 @@ class LongStage(VideoStage):
 class HiresStage(VideoStage):
     """Stage 4: the tower at high resolution, on scenes rich in small objects."""
 
-    steps: int = Field(default=250, ge=0, le=10_000_000)
+    steps: int = Field(default=150, ge=0, le=10_000_000)
     batch: int = Field(default=2, ge=1, le=4096)
     lr: float = Field(default=2e-4, gt=0, le=1, allow_inf_nan=False)
-    clips: tuple[int, int] = (1, 2)
+    eval_every: int = Field(default=50, ge=0, le=1_000_000)
+    eval_items: int = Field(default=16, ge=0, le=4096)
+    clips: tuple[int, int] = (1, 1)
     train: tuple[Part, ...] = ("tower",)
     image_size: int = Field(default=448, title="Frame size the tower is tuned to (224 or 448)")
     small_rate: float = Field(default=0.6, ge=0, le=1, allow_inf_nan=False, title="Objects drawn small")

@@ -74,6 +74,7 @@ class DataSpec:
                 held_out=held_out,
                 needle_share=s.needle_share,
                 plain_share=0.0 if held_out else s.plain_share,
+                mix_share=0.0 if held_out else s.mix_share,
                 objects=s.objects,
             )
         p = prompter()

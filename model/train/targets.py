@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flashlive.model.preprocess import resize_frames_pil
-from flashlive.model.world import CLIP_FRAMES, FrameTruth, Style, World, WorldConfig
+from flashlive.model.world import CLIP_FRAMES, Frame, FrameTruth, Style, World, WorldConfig
 from flashlive.model.world.draw import shape_alpha
 from flashlive.model.world.palette import (
     ALL_SHAPES,
@@ -84,36 +84,71 @@ def tower_batch(
     held_out: bool,
     needle_share: float,
     plain_share: float = 0.0,
+    mix_share: float = 0.0,
     objects: tuple[int, int] = (1, 5),
 ) -> TowerBatch:
-    """`batch` clips of random worlds (some with a needle, some drawn plainly) and their targets.
+    """`batch` clips of random worlds and their targets.
 
-    Crowded scenes (`objects`) give more objects to learn from per clip; plain ones (a flat grey
-    background, no textures, noise or codec) show shapes crisply, which the tower learns first."""
+    Some clips hold a needle; some are drawn plainly (a flat grey background, no textures, noise or
+    codec: crisp shapes, learnt first); some (`mix_share`) are collages of four frames from four
+    worlds: four times the objects for what one clip costs (motion is not asked there). Crowded
+    scenes (`objects`) give more objects per frame."""
     config = WorldConfig(objects=objects)
     grid = size // PATCH
-    patches = CLIP_FRAMES * grid * grid
+    per_frame = grid * grid
     clips = np.zeros((batch, CLIP_FRAMES, size, size, 3), np.uint8)
-    patch_labels = np.full((batch, patches, len(PATCH_HEADS)), -1, np.int64)
-    pool = np.zeros((batch, MAX_INSTANCES, patches), np.float32)
+    patch_labels = np.full((batch, CLIP_FRAMES * per_frame, len(PATCH_HEADS)), -1, np.int64)
+    pool = np.zeros((batch, MAX_INSTANCES, CLIP_FRAMES * per_frame), np.float32)
     labels = np.full((batch, MAX_INSTANCES, len(HEADS)), -1, np.int64)
     for b in range(batch):
-        seed = world_seed(rng, held_out=held_out)
-        first = int(rng.integers(0, START_CLIPS))
-        needles = []
-        if rng.random() < needle_share:
-            needles = [random_needle(rng, first * CLIP_SECONDS, (first + 1) * CLIP_SECONDS)]
-        style = Style() if rng.random() < plain_share else train_style(seed, h264=h264)
-        world = World(seed, config=config, style=style, needles=needles)
-        frames = list(world.frames(FPS, start=first * CLIP_SECONDS, count=CLIP_FRAMES))
-        clips[b] = resize_frames_pil(np.stack([f.image for f in frames if f.image is not None]), size)
-        truths = [f.truth for f in frames]
-        w, h = world.style.width, world.style.height
-        patch_labels[b] = np.concatenate([patch_targets(t, w, h, grid) for t in truths])
-        for k, (weights, label) in enumerate(instances(truths, grid)[:MAX_INSTANCES]):
+        mixed = rng.random() < mix_share
+        pieces = [
+            _frames(rng, 1 if mixed else CLIP_FRAMES, config, held_out, needle_share, plain_share, h264)
+            for _ in range(CLIP_FRAMES if mixed else 1)
+        ]
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        f = 0
+        for world, frames in pieces:
+            images = np.stack([x.image for x in frames if x.image is not None])
+            truths = [x.truth for x in frames]
+            w, h = world.style.width, world.style.height
+            span = slice(f * per_frame, (f + len(frames)) * per_frame)
+            clips[b, f : f + len(frames)] = resize_frames_pil(images, size)
+            patch_labels[b, span] = np.concatenate([patch_targets(t, w, h, grid) for t in truths])
+            for weights, label in instances(truths, grid):
+                placed = np.zeros(CLIP_FRAMES * per_frame, np.float32)
+                placed[span] = weights
+                if mixed:
+                    label[HEAD_INDEX["motion"]] = -1  # one frame shows no motion
+                found.append((placed, label))
+            f += len(frames)
+        # objects and needles first, then the frames: a crowded collage drops frame targets first
+        found.sort(key=lambda x: x[1][HEAD_INDEX["background"]] >= 0)
+        for k, (weights, label) in enumerate(found[:MAX_INSTANCES]):
             pool[b, k] = weights / weights.sum()
             labels[b, k] = label
     return TowerBatch(clips, patch_labels, pool, labels)
+
+
+def _frames(
+    rng: np.random.Generator,
+    count: int,
+    config: WorldConfig,
+    held_out: bool,
+    needle_share: float,
+    plain_share: float,
+    h264: bool,
+) -> tuple[World, list[Frame]]:
+    """`count` consecutive frames of a random world from a random clip, maybe with a needle."""
+    seed = world_seed(rng, held_out=held_out)
+    first = int(rng.integers(0, START_CLIPS))
+    needles = []
+    if rng.random() < needle_share:
+        needles = [random_needle(rng, first * CLIP_SECONDS, (first + 1) * CLIP_SECONDS)]
+    style = Style() if rng.random() < plain_share else train_style(seed, h264=h264)
+    world = World(seed, config=config, style=style, needles=needles)
+    start = first * CLIP_SECONDS + int(rng.integers(0, CLIP_FRAMES - count + 1)) / FPS
+    return world, list(world.frames(FPS, start=start, count=count))
 
 
 def random_needle(rng: np.random.Generator, start: float, end: float) -> Needle:
