@@ -4,6 +4,8 @@ recipe ends in weights the normal loader reads. Runs the tiny shape for a few st
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -266,3 +268,45 @@ def test_parts_run_at_any_frame_size() -> None:
     parts = Parts(cfg, 128)
     clips = torch.zeros(1, 4, 128, 128, 3, dtype=torch.uint8)
     assert parts.encode(clips).shape == (1, 64, cfg.vision.width)
+
+
+def test_the_time_limit_stops_with_status_3_and_a_rerun_finishes(tmp_path: Path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text("train:\n  workers: 0\n  text: {steps: 3, batch: 2, eval_items: 0, save_every: 1, log_every: 1}\n")
+    argv = [
+        "train",
+        "text",
+        "--config",
+        str(config),
+        "--model",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main([*argv, "--time-limit", "0.001"]) == 3
+    assert [s for s, _ in losses_of(tmp_path / "0-text" / "log.jsonl")] == [1]
+    assert main(argv) == 0
+    assert [s for s, _ in losses_of(tmp_path / "0-text" / "log.jsonl")] == [1, 2, 3]
+
+
+def test_the_standalone_entry_imports_no_redis_pyav_or_web_stack() -> None:
+    """`python -m flashlive.commands.train` is what a bare GPU machine (torch, numpy, transformers,
+    pydantic) runs: neither the command nor the training code may pull in the service's libraries."""
+    code = (
+        "import sys\n"
+        "from flashlive.cli import build_parser\n"
+        "build_parser(('flashlive.commands.train',))\n"
+        "import flashlive.model.train.recipe, flashlive.model.train.stages, flashlive.model.train.targets\n"
+        "bad = [m for m in ('redis', 'av', 'fastapi', 'uvicorn', 'aiortc') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr + done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "flashlive.commands.train", "2", "--steps", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--steps:" in bad.stderr, bad.stderr
