@@ -164,6 +164,9 @@ def test_a_checkpoint_of_other_settings_is_refused(cfg: Any, tmp_path: Path) -> 
     other = settings(text={"lr": 1e-4})
     with pytest.raises(TrainError, match="other settings"):
         run_stage(build("text", other, cfg, tmp_path), tmp_path, CPU)
+    run_stage(build("text", settings(), cfg, tmp_path), tmp_path, CPU)  # finished: final.pt
+    with pytest.raises(TrainError, match="made with other settings"):
+        run_stage(build("text", other, cfg, tmp_path), tmp_path, CPU)
 
 
 def test_data_workers_build_the_same_batches(cfg: Any, tmp_path: Path) -> None:

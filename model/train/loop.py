@@ -143,11 +143,6 @@ def read_final(stage_dir: Path) -> dict[str, Any]:
     return _load(path)
 
 
-def is_finished(stage_dir: Path, steps: int) -> bool:
-    path = stage_dir / FINAL
-    return path.is_file() and _load(path).get("steps") == steps
-
-
 class _Stop:
     """SIGTERM / SIGINT ask the loop to save and stop after the current step."""
 
@@ -172,12 +167,12 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def _loader(task: StageTask, start: int, opts: RunOptions) -> Iterator[Any]:
-    steps = range(start, task.settings.steps)
+def _loader(task: StageTask, steps: range, opts: RunOptions, *, held_out: bool = False) -> Iterator[Any]:
+    """Batches `steps` in order, built by the data workers (or here, with none)."""
     if opts.workers == 0:
-        return (task.data(s, False) for s in steps)
+        return (task.data(s, held_out) for s in steps)
     loader = DataLoader(
-        _Steps(task.data),
+        _Steps(task.data, held_out),
         batch_size=None,
         sampler=steps,
         num_workers=opts.workers,
@@ -211,12 +206,18 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
     s = task.settings
     stage_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = stage_dir / CHECKPOINT, stage_dir / LOG
-    if is_finished(stage_dir, s.steps):
+    if (stage_dir / FINAL).is_file():
         final = read_final(stage_dir)
-        log.info("stage %s already finished (%d steps)", task.name, s.steps)
-        return StageResult(
-            task.name, s.steps, final.get("loss"), final.get("seconds", 0.0), final.get("eval", {})
-        )
+        if final.get("fingerprint") != task.fingerprint():
+            raise TrainError(
+                f"{stage_dir / FINAL} was made with other settings or from other earlier stages; "
+                "use another output folder, or delete it to train the stage again"
+            )
+        if final.get("steps") == s.steps:
+            log.info("stage %s already finished (%d steps)", task.name, s.steps)
+            return StageResult(
+                task.name, s.steps, final.get("loss"), final.get("seconds", 0.0), final.get("eval", {})
+            )
     modules = task.modules()
     params = task.trainable()
     optimizer = torch.optim.AdamW(param_groups(params, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
@@ -226,7 +227,7 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
         log.info("stage %s: resuming at step %d of %d", task.name, start, s.steps)
     _trim_log(log_path, start)
     task.prepare(stage_dir, opts)
-    held_out = [task.data(i, True) for i in range(_eval_batches(task))]
+    held_out = list(_loader(task, range(_eval_batches(task)), opts, held_out=True))
     recent: list[float] = []
     last_eval: dict[str, Any] = {}
     began, cpu_began = time.perf_counter(), time.process_time()
@@ -247,7 +248,8 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
     )
     step = start
     with _Stop() as stop:
-        for step, batch in zip(range(start, s.steps), _loader(task, start, opts), strict=False):
+        steps = range(start, s.steps)
+        for step, batch in zip(steps, _loader(task, steps, opts), strict=False):
             t0 = time.perf_counter()
             loss, stats = _train_step(task, batch, optimizer, params, step, opts)
             recent = [*recent[-(s.log_every - 1) :], loss] if s.log_every > 1 else [loss]

@@ -76,7 +76,7 @@ def make_task(name: str, train: TrainSettings, cfg: FlashConfig, out: Path) -> S
     for prev in STARTS_FROM[name]:
         final = read_final(stage_dir(out, prev))
         start.update(final["state"])
-        prints.append(final.get("fingerprint"))
+        prints.append([final.get("fingerprint"), final.get("steps")])
     after = digest(prints)
     if name == "long":
         return LongTask(name, train, cfg, start, after)
