@@ -275,7 +275,8 @@ def test_parts_run_at_any_frame_size() -> None:
 
 def test_the_time_limit_stops_with_status_3_and_a_rerun_finishes(tmp_path: Path) -> None:
     config = tmp_path / "t.yaml"
-    config.write_text("train:\n  workers: 0\n  text: {steps: 3, batch: 2, eval_items: 0, save_every: 1, log_every: 1}\n")
+    text = "{steps: 3, batch: 2, eval_items: 0, save_every: 1, log_every: 1}"
+    config.write_text(f"train:\n  workers: 0\n  text: {text}\n")
     argv = [
         "train",
         "text",

@@ -38,8 +38,9 @@ CLIP_SECONDS = CLIP_FRAMES / FPS
 TAGS = {"tower": 1, "text": 2, "align": 3, "short": 4, "long": 5, "hires": 6, "pool": 7}
 HELD_OUT_TAG = 1000
 START_CLIPS = 40  # short videos start at a random clip among the first ones of their world
-# Question kinds by family, for the long stage and for balancing.
-NEEDLE_KINDS = ("needle", "multihop", "needle_open")
+# The multiple-choice needle questions come with a needle video (make_niah); the other kinds are asked
+# of any video. TEMPORAL_KINDS are asked of long streams.
+NIAH_KINDS = ("needle", "multihop")
 TEMPORAL_KINDS = ("count", "first", "after", "before", "before_after", "when", "just", "now", "colour")
 QUESTION_KINDS = (
     "colour",
@@ -55,6 +56,7 @@ QUESTION_KINDS = (
     "before_after",
     "when",
     "needle_open",
+    *NIAH_KINDS,
 )
 
 
@@ -234,7 +236,8 @@ def short_batch(
             world = World(seed, config=config, style=style)
             first = int(rng.integers(0, START_CLIPS))
         video = world.video(first * CLIP_SECONDS, frames, FPS)
-        qas = ask(video, rng, [k for k in kinds if k != "needle"])
+        needle = [q for q in needle if q.kind in kinds]  # alignment captions needle videos instead
+        qas = ask(video, rng, [k for k in kinds if k not in NIAH_KINDS])
         chosen = pick_questions(rng, needle + qas, settings.questions, prefer_hires=prefer_hires)
         if not chosen:
             continue
@@ -344,7 +347,8 @@ def text_batch(p: Prompter, batch: int, rng: np.random.Generator, *, held_out: b
             needle = []
             video = world.video(int(rng.integers(0, START_CLIPS)) * CLIP_SECONDS, clips * CLIP_FRAMES, FPS)
         text = caption(video, rng)
-        qas = pick_questions(rng, needle + ask(video, rng, QUESTION_KINDS), 1)
+        others = [k for k in QUESTION_KINDS if k not in NIAH_KINDS]
+        qas = pick_questions(rng, needle + ask(video, rng, others), 1)
         if not text or not qas:
             continue
         described = p.ids(text)
