@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "flashlive.commands.ask",
     "flashlive.commands.watch",
     "flashlive.commands.eval",
+    "flashlive.commands.train",
 )
 
 
@@ -43,7 +44,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis",
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="flashlive", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"flashlive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub, [common])
     return parser
 
@@ -69,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 _leave_at_once = False  # set by main() for commands that opt in (`fast_exit`), read by run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, modules: Sequence[str] = COMMAND_MODULES) -> int:
+    """Run one command. `modules`: the command modules to offer (a standalone entry point such as
+    `python -m flashlive.commands.train` offers its own alone, and imports nothing of the others)."""
     global _leave_at_once
-    parser = build_parser()
+    parser = build_parser(modules)
     args = parser.parse_args(argv)
     _leave_at_once = bool(getattr(args, "fast_exit", False))
     logging.basicConfig(

@@ -45,6 +45,7 @@ from flashlive.memory.keys import NAME_RULE, STREAM_NAME
 from flashlive.memory.settings import MemorySettings
 from flashlive.model.device import DEVICE_RULE, Device
 from flashlive.model.settings import ModelSettings
+from flashlive.model.train.settings import TrainSettings
 from flashlive.stream.settings import IngestSettings, StreamSettings
 from flashlive.web.settings import WebSettings
 
@@ -88,6 +89,7 @@ class FlashliveConfig(_Section):
     memory: MemorySettings = Field(default_factory=MemorySettings, title="Memory")
     worker: WorkerConfig = Field(default_factory=WorkerConfig, title="Query workers")
     web: WebSettings = Field(default_factory=WebSettings, title="Web server")
+    train: TrainSettings = Field(default_factory=TrainSettings, title="Training (flashlive train)")
 
 
 # settings that moved; a file that still uses the old place gets told the new one

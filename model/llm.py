@@ -219,11 +219,19 @@ class Qwen2LM(nn.Module):
         rows: logits over the output rows [B, T, R] instead (training with a restricted vocabulary:
         cross-entropy against `rows(targets)`, without materialising the full id space).
         """
+        x = self.hidden_states(embeds)
+        return self.row_logits(x) if rows else self.logits(x)
+
+    def hidden_states(self, embeds: Tensor) -> Tensor:
+        """The last layer's output before the final norm: [B, T, C] -> [B, T, C].
+
+        Training takes the logits of a few positions from it (the answer's), not of all T x V.
+        """
         x = embeds.to(self.device, self.dtype)
         cos, sin = self._rope(0, x.shape[1])
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, None, i)
-        return self.row_logits(x) if rows else self.logits(x)
+        return x
 
     @torch.inference_mode()
     def prefill(

@@ -29,6 +29,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "dup": "streams:\n  a: {url: x.mp4}\n  a: {url: y.mp4}\n",
         "aliases": "x: &x 1\n" + "".join(f"k{i}: *x\n" for i in range(100)),
         "threads": "worker:\n  threads: 0\n",
+        "train_lr": "train:\n  seed: 3\n  short:\n    lr: -1\n",
+        "train_tower": "train:\n  long:\n    train: [tower, llm]\n",
+        "train_key": "train:\n  short:\n    learning_rate: 0.1\n",
     }
     out = {}
     for name, text in made.items():
@@ -168,6 +171,22 @@ CASES: list[tuple[list[str], str]] = [
     (["serve", "--workers", "-1"], "--workers: Input should be greater than or equal to 0"),
     (["serve", "--port", "70000"], "--port: Input should be less than or equal to 65535"),
     (["web", "--port", "0"], "--port: Input should be greater than or equal to 1"),
+    # train: settings of the config file's `train` section, and its own options; nothing trains
+    (["train", "2", "--steps", "-1"], "--steps: Input should be greater than or equal to 0"),
+    (["train", "all", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
+    (["train", "2", "--time-limit", "0"], "--time-limit: Input should be greater than 0"),
+    (["train", "2", "--time-limit", "nan"], "--time-limit: Input should be a finite number"),
+    (["train", "2", "--workers", "-1"], "--workers: Input should be greater than or equal to 0"),
+    (["train", "2", "--workers", "1000"], "--workers: Input should be less than or equal to 64"),
+    (["train", "2", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+    (["train", "2", "--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["train", "2", "--model", "nope"], "--model: unknown model preset 'nope'"),
+    (["train", "2", "--out", ""], "--out: String should have at least 1 character"),
+    (["train", "9"], "argument STAGE: invalid choice: '9'"),
+    (["train", "2", "--config", "/nonexistent.yaml"], "/nonexistent.yaml: no such file"),
+    (["train", "2", "--config", "{train_lr}"], ":4: train.short.lr: Input should be greater than 0"),
+    (["train", "3", "--config", "{train_tower}"], "keeps the tower frozen"),
+    (["train", "2", "--config", "{train_key}"], ":3: train.short.learning_rate: unknown setting"),
 ]
 
 
@@ -175,6 +194,7 @@ def test_there_are_enough_cases_for_every_command() -> None:
     commands = {argv[0] for argv, _ in CASES}
     assert len(CASES) >= 40 and commands == {
         "ingest", "memory", "ask-file", "demo-video", "check-config", "eval", "worker", "serve", "web",
+        "train",
     }  # fmt: skip
 
 

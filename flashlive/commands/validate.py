@@ -143,3 +143,22 @@ EVAL_FLAGS = {
     "data": "--data",
     "out": "--out",
 }
+
+
+class TrainOptions(_Options):
+    """`flashlive train`'s options that are not settings of the config file."""
+
+    time_limit: float | None = Field(default=None, gt=0, le=30 * 86400, allow_inf_nan=False)
+    out: str = Field(min_length=1)
+    weights: str | None = Field(default=None, min_length=1)
+
+
+TRAIN_FLAGS = {
+    "time_limit": "--time-limit",
+    "out": "--out",
+    "weights": "--weights",
+    "seed": "--seed",
+    "device": "--device",
+    "workers": "--workers",
+    "model": "--model",
+}

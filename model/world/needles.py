@@ -67,17 +67,21 @@ def make_niah(
     config: WorldConfig | None = None,
     style: Style | None = None,
     fmt: str = "niah",
+    needle_seed: int | None = None,
 ) -> NiahItem:
     """A haystack of `frames` sampled frames from world `seed` with needles, and its question.
 
     hops = 1: one needle (`kind` "card" or "object"); hops >= 2: a chain of that many cards plus
     `decoys` decoy glyph cards. `fmt` is the multiple-choice format of single-hop questions.
+    `needle_seed` (default: `seed`) draws the needles and the question, so one haystack world can hold
+    many different needles (training reuses a few encoded worlds).
     """
     if frames < CLIP_FRAMES:
         raise ScriptError(f"a haystack needs at least {CLIP_FRAMES} frames, got {frames}")
     if hops < 1:
         raise ScriptError(f"hops must be >= 1, got {hops}")
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x4E1D, hops])
+    key = seed if needle_seed is None else needle_seed
+    rng = np.random.default_rng([key & 0xFFFFFFFF, 0x4E1D, hops])
     clips = frames // CLIP_FRAMES
     clip_s = CLIP_FRAMES / fps
 
@@ -111,7 +115,7 @@ def make_niah(
     world = World(seed, config=config, style=style, needles=needles)
     video = world.video(0.0, clips * CLIP_FRAMES, fps)
     facts = Facts(video)
-    qrng = np.random.default_rng([seed & 0xFFFFFFFF, 0x0A5C, hops])
+    qrng = np.random.default_rng([key & 0xFFFFFFFF, 0x0A5C, hops])
     if hops == 1:
         qa = ask_needle(facts, qrng, fmt=fmt)
     else:
