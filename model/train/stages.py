@@ -359,11 +359,12 @@ def _pixels(clips: np.ndarray, device: torch.device) -> Tensor:
 # ----------------------------------------------------------------------------- video -> embeddings
 
 
-def encode_clips(parts: Parts, clips: np.ndarray, *, grad: bool) -> Tensor:
+def encode_clips(parts: Parts, clips: np.ndarray | Tensor, *, grad: bool) -> Tensor:
     """uint8 clips [N, T, S, S, 3] -> merged tower tokens [N, tokens, width], in chunks."""
     out = []
     for i in range(0, len(clips), ENCODE_CHUNK):
-        chunk = torch.from_numpy(clips[i : i + ENCODE_CHUNK])
+        # the pool's DataLoader hands its numpy clips over as tensors (default_convert)
+        chunk = torch.as_tensor(clips[i : i + ENCODE_CHUNK])
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             out.append(parts.encode(chunk))
     return torch.cat(out)
