@@ -20,7 +20,7 @@ from fake_engine import ENCODER_ID, FakeEngine
 from helpers import unique_prefix
 
 from flashlive.memory.events import EventLog
-from flashlive.memory.jobs import JobQueue
+from flashlive.memory.jobs import Delivery, JobQueue
 from flashlive.memory.messages import (
     SCHEMA_VERSION,
     AskJob,
@@ -424,6 +424,14 @@ async def test_stop_hands_a_running_job_back_at_once(env: Env) -> None:
 
     await wait_for(idle, timeout=3)
     assert time.monotonic() - t0 < 1.5  # the drain (0.3 s) and one decode step, not the whole answer
-    # handed back: another worker takes it over at once, though the lease is 30 s
-    [taken] = await env.queue.reclaim("other", lease=30)
+    # handed back: another worker takes it over at once, though the lease is 30 s. The jobs leave
+    # `running` as they halt, while the hand-back's write may still be on its way: poll briefly.
+    claimed: list[Delivery] = []
+
+    async def handed_back() -> bool:
+        claimed[:] = await env.queue.reclaim("other", lease=30)
+        return bool(claimed)
+
+    await wait_for(handed_back, timeout=2)
+    [taken] = claimed
     assert taken.entry_id and (await env.queue.status(job.id)).status == "running"  # type: ignore[union-attr]
