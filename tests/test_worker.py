@@ -407,7 +407,9 @@ async def test_release_sampling_applies_chat_rule_to_the_window(env: Env) -> Non
 
 @pytest.mark.parametrize(
     "env",
-    [{"engine": {"step_s": 0.05, "length": 400}, "settings": {"drain": 0.3, "lease": 30}}],
+    # a heartbeat every 50 ms and a slow decode step: heartbeats fall between the halt and the job's
+    # end, the window where a touch after the hand-back would make the job look busy for 30 s
+    [{"engine": {"step_s": 0.25, "length": 400}, "settings": {"drain": 0.3, "lease": 30, "heartbeat": 0.05}}],
     indirect=True,
 )
 async def test_stop_hands_a_running_job_back_at_once(env: Env) -> None:

@@ -208,26 +208,35 @@ class Worker:
             stopping.set()
             drain_until = time.monotonic() + s.drain  # the loops' last rounds count against the drain
             await _finish(tasks, timeout=s.block + 5.0)
-            await self._drain(drain_until)
+            halted = await self._drain(drain_until)
+            # the heartbeat stops before the hand-back: a touch landing after it would make the
+            # handed-back jobs look busy again for a whole lease
             closing.set()
             await _finish([heartbeat], timeout=5.0)
+            await self._hand_back(halted)
             await self._goodbye()
             for close in self._owns:
                 await close()
             log.info("worker %s stopped: %s", self.name, dict(self.outcomes))
 
-    async def _drain(self, until: float) -> None:
+    async def _drain(self, until: float) -> list[str]:
+        """Give running jobs until `until` (monotonic) to finish, then halt the rest; their job
+        entry ids (they leave `running` as they halt, before they are handed back)."""
         pending = [t for t in self._tasks if not t.done()]
         wait = until - time.monotonic()
         if pending and wait > 0:
             log.info("waiting up to %.1f s for %d running job(s)", wait, len(pending))
             await asyncio.wait(pending, timeout=wait)
-        for run in list(self.running.values()):
+        halted = list(self.running.values())
+        for run in halted:
             run.halt("shutdown")
+        return [run.delivery.entry_id for run in halted]
+
+    async def _hand_back(self, entry_ids: list[str]) -> None:
+        """Hand halted jobs back to the queue (others take them at once), then let them end. Entries
+        acked meanwhile (a job that finished after all) are not pending any more and stay done."""
         with contextlib.suppress(*CONNECTION_ERRORS):
-            handed = await self.queue.release(
-                self.name, [r.delivery.entry_id for r in self.running.values()], lease=self.settings.lease
-            )
+            handed = await self.queue.release(self.name, entry_ids, lease=self.settings.lease)
             if handed:
                 log.warning("handed %d running job(s) back to the queue", len(handed))
         if self._tasks:
