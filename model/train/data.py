@@ -18,6 +18,7 @@ import numpy as np
 from flashlive.model.preprocess import resize_frames_pil
 from flashlive.model.world import (
     CLIP_FRAMES,
+    KINDS,
     QA,
     World,
     WorldConfig,
@@ -42,22 +43,7 @@ START_CLIPS = 40  # short videos start at a random clip among the first ones of 
 # of any video. TEMPORAL_KINDS are asked of long streams.
 NIAH_KINDS = ("needle", "multihop")
 TEMPORAL_KINDS = ("count", "first", "after", "before", "before_after", "when", "just", "now", "colour")
-QUESTION_KINDS = (
-    "colour",
-    "shape",
-    "count",
-    "motion",
-    "presence",
-    "now",
-    "just",
-    "first",
-    "after",
-    "before",
-    "before_after",
-    "when",
-    "needle_open",
-    *NIAH_KINDS,
-)
+QUESTION_KINDS = tuple(k for k in KINDS if k != "caption")  # every kind the world asks, captions apart
 
 
 def step_rng(seed: int, stage: str, step: int, *, held_out: bool = False) -> np.random.Generator:
