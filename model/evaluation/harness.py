@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -176,20 +176,11 @@ def run_niah(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Single-hop needle in a haystack: accuracy per (needle depth, haystack length) cell."""
-    check_lengths(source, lengths)
-    records: list[Record] = []
+    settings = {"items": items, "lengths": list(lengths), "depths": list(depths), "offset": offset}
+    chosen = niah_items(items, lengths, depths, offset=offset)
     total = niah_count(items, lengths, depths)
-    for item in _bar(niah_items(items, lengths, depths, offset=offset), total, "niah", progress):
-        records += ask(source, item)[0]
-    by_length = _tallies(records, lambda r: r.cell["frames"])
-    return {
-        "part": "niah",
-        "settings": {"items": items, "lengths": list(lengths), "depths": list(depths), "offset": offset},
-        "grid": grid(records, "depth", "frames"),
-        "by_length": {str(k): by_length[k].to_dict() for k in sorted(by_length)},
-        "overall": _overall(records),
-        "records": [asdict(r) for r in records],
-    }
+    cells = _Cells(part="niah", label="niah", key="depth", by="by_length", tally=lambda r: r.cell["frames"])
+    return _run_cells(source, cells, settings, chosen, total, lengths, progress)
 
 
 def run_mhniah(
@@ -202,17 +193,44 @@ def run_mhniah(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Multi-hop NIAH: accuracy per (hops, haystack length) cell."""
+    settings = {"items": items, "lengths": list(lengths), "hops": list(hops), "offset": offset}
+    chosen = mhniah_items(items, lengths, hops, offset=offset)
+    total = mhniah_count(items, lengths, hops)
+    cells = _Cells(part="mhniah", label="mh-niah", key="hops", by="by_hops", tally=lambda r: r.cell["hops"])
+    return _run_cells(source, cells, settings, chosen, total, lengths, progress)
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """How a needle part reports: its grid's row key (against haystack length) and one tally."""
+
+    part: str
+    label: str  # of the progress bar
+    key: str
+    by: str  # the tally's name in the report
+    tally: Callable[[Record], Any]
+
+
+def _run_cells(
+    source: AnswerSource,
+    cells: _Cells,
+    settings: dict[str, Any],
+    chosen: Iterable[Item],
+    total: int,
+    lengths: Sequence[int],
+    progress: bool,
+) -> dict[str, Any]:
+    """Ask every item; report the (key, haystack length) grid and the tally."""
     check_lengths(source, lengths)
     records: list[Record] = []
-    total = mhniah_count(items, lengths, hops)
-    for item in _bar(mhniah_items(items, lengths, hops, offset=offset), total, "mh-niah", progress):
+    for item in _bar(chosen, total, cells.label, progress):
         records += ask(source, item)[0]
-    by_hops = _tallies(records, lambda r: r.cell["hops"])
+    per = _tallies(records, cells.tally)
     return {
-        "part": "mhniah",
-        "settings": {"items": items, "lengths": list(lengths), "hops": list(hops), "offset": offset},
-        "grid": grid(records, "hops", "frames"),
-        "by_hops": {str(k): by_hops[k].to_dict() for k in sorted(by_hops)},
+        "part": cells.part,
+        "settings": settings,
+        "grid": grid(records, cells.key, "frames"),
+        cells.by: {str(k): per[k].to_dict() for k in sorted(per)},
         "overall": _overall(records),
         "records": [asdict(r) for r in records],
     }
