@@ -3,6 +3,7 @@ recipe ends in weights the normal loader reads. Runs the tiny shape for a few st
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -21,7 +22,14 @@ from flashlive.model.llm import random_init_
 from flashlive.model.train import data as D
 from flashlive.model.train import targets as T
 from flashlive.model.train.errors import StoppedEarly, TrainError
-from flashlive.model.train.loop import RunOptions, _train_step, param_groups, run_stage
+from flashlive.model.train.loop import (
+    RunOptions,
+    _replayed,
+    _train_step,
+    param_groups,
+    rendered_index,
+    run_stage,
+)
 from flashlive.model.train.parts import Parts
 from flashlive.model.train.recipe import STARTS_FROM, make_task, stage_dir
 from flashlive.model.train.settings import HELD_OUT_SEEDS, TrainSettings
@@ -139,11 +147,15 @@ def losses_of(log: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in lines if "loss" in r and "eval" not in r]
 
 
-@pytest.mark.parametrize("name", ["tower", "short"])
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("tower", {}), ("short", {}), ("tower", {"repeat": 2, "spacing": 1})],
+    ids=["tower", "short", "tower-replayed"],
+)
 def test_a_stopped_stage_resumes_with_the_losses_of_an_uninterrupted_run(
-    name: str, cfg: Any, tmp_path: Path
+    name: str, overrides: dict[str, Any], cfg: Any, tmp_path: Path
 ) -> None:
-    train = settings()
+    train = settings(**{name: overrides})
     whole = tmp_path / "whole"
     run_stage(build(name, train, cfg, whole), whole, CPU)
     cut = tmp_path / "cut"
@@ -156,6 +168,39 @@ def test_a_stopped_stage_resumes_with_the_losses_of_an_uninterrupted_run(
     a = torch.load(whole / "final.pt", weights_only=False)["state"]
     b = torch.load(cut / "final.pt", weights_only=False)["state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Recorder:
+    """A stage's data as the loop sees it, noting every batch it is asked to render."""
+
+    def __init__(self, repeat: int, spacing: int) -> None:
+        self.settings = TrainSettings().tower.model_copy(update={"repeat": repeat, "spacing": spacing})
+        self.rendered: list[int] = []
+
+    def data(self, step: int, held_out: bool) -> int:
+        self.rendered.append(step)
+        return step
+
+
+@pytest.mark.parametrize(("repeat", "spacing"), [(1, 64), (3, 2), (4, 5)])
+def test_replayed_batches_are_rendered_once_each_and_a_resumed_run_sees_the_same(
+    repeat: int, spacing: int
+) -> None:
+    steps = 400
+    whole = _Recorder(repeat, spacing)
+    seen = list(_replayed(whole, range(steps), CPU))  # type: ignore[arg-type]
+    assert seen == [rendered_index(s, repeat, spacing) for s in range(steps)]
+    assert whole.rendered == list(range(-(-steps // repeat)))  # in order, each once
+    tail = seen[steps // 2 :]
+    if repeat > 1:  # past the start, each batch is trained on `repeat` times, `spacing` batches apart
+        middle = range(repeat * spacing, steps // repeat - repeat * spacing)
+        assert all(seen.count(n) == repeat for n in middle)
+        uses = [s for s, n in enumerate(seen) if n == middle[0]]
+        assert [b - a for a, b in itertools.pairwise(uses)] == [spacing * repeat + 1] * (repeat - 1)
+    resumed = _Recorder(repeat, spacing)
+    assert list(_replayed(resumed, range(steps // 2, steps), CPU)) == tail  # type: ignore[arg-type]
+    held = (repeat - 1) * spacing + 1  # what a resumed run must render again
+    assert len(resumed.rendered) <= len(set(tail)) + held
 
 
 def test_a_checkpoint_of_other_settings_is_refused(cfg: Any, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """The training loop every stage shares: data workers, AdamW with warm-up and cosine decay,
 checkpoints to resume from, a JSON-lines log, a progress bar, held-out checks, a time limit.
 
-Step s always trains on batch s (built from (seed, stage, s) by any worker), so a run killed and
-started again continues from its last checkpoint with the same data, the same optimiser state and
-so the same losses as a run never stopped.
+Step s always trains on batch s (built from (seed, stage, s) by any worker), or with `repeat` on
+rendered batch rendered_index(s), so a run killed and started again continues from its last
+checkpoint with the same data, the same optimiser state and so the same losses as a run never
+stopped.
 """
 
 from __future__ import annotations
@@ -183,6 +184,42 @@ def _loader(task: StageTask, steps: range, opts: RunOptions, *, held_out: bool =
     return iter(loader)
 
 
+def rendered_index(step: int, repeat: int, spacing: int) -> int:
+    """The rendered batch that step `step` trains on.
+
+    Every `repeat` steps one new batch is rendered and trained on; the steps between train on older
+    ones, `spacing`, 2 x `spacing`, ... rendered batches back (early on, while fewer have been
+    rendered, closer), so each batch is trained on `repeat` times, far apart, and only the last
+    (repeat - 1) x spacing + 1 are held in memory. With repeat 1 it is the step itself.
+    """
+    newest, turn = divmod(step, repeat)
+    if repeat == 1:
+        return newest
+    return newest - turn * min(spacing, newest // (repeat - 1))
+
+
+def _replayed(task: StageTask, steps: range, opts: RunOptions) -> Iterator[Any]:
+    """The batch of every step in `steps`, rendering each batch once (see rendered_index)."""
+    k, spacing = task.settings.repeat, task.settings.spacing
+    if k == 1:
+        yield from _loader(task, steps, opts)
+        return
+    if not steps:
+        return
+    span = (k - 1) * spacing  # how far back a step reaches
+    first = max(0, steps.start // k - span)  # a resumed run renders again what its next steps reuse
+    fresh = _loader(task, range(first, (steps.stop - 1) // k + 1), opts)
+    kept: dict[int, Any] = {}
+    for step in steps:
+        newest = step // k
+        while first <= newest:
+            kept[first] = next(fresh)
+            first += 1
+        for old in [n for n in kept if n < newest - span]:
+            del kept[old]
+        yield kept[rendered_index(step, k, spacing)]
+
+
 def _write_log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -249,7 +286,7 @@ def run_stage(task: StageTask, stage_dir: Path, opts: RunOptions) -> StageResult
     step = start
     with _Stop() as stop:
         steps = range(start, s.steps)
-        for step, batch in zip(steps, _loader(task, steps, opts), strict=False):
+        for step, batch in zip(steps, _replayed(task, steps, opts), strict=False):
             t0 = time.perf_counter()
             loss, stats = _train_step(task, batch, optimizer, params, step, opts)
             recent = [*recent[-(s.log_every - 1) :], loss] if s.log_every > 1 else [loss]

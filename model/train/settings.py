@@ -56,6 +56,17 @@ class StageSettings(_Section):
     eval_every: int = Field(default=100, ge=0, le=1_000_000, title="Held-out check every N steps (0: end)")
     eval_items: int = Field(default=32, ge=0, le=4096, title="Held-out items per check")
     log_every: int = Field(default=10, ge=1, le=1_000_000, title="Log a loss line every N steps")
+    repeat: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        title="Steps each rendered batch is trained on",
+        description="rendering is the bound on a GPU and a third of the work on a CPU: a batch kept "
+        "in memory and trained on again, `spacing` x repeat steps later, costs no rendering",
+    )
+    spacing: int = Field(
+        default=64, ge=1, le=100_000, title="Rendered batches between two uses of one (with repeat > 1)"
+    )
 
 
 class TowerStage(StageSettings):
