@@ -32,6 +32,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "train_lr": "train:\n  seed: 3\n  short:\n    lr: -1\n",
         "train_tower": "train:\n  long:\n    train: [tower, llm]\n",
         "train_key": "train:\n  short:\n    learning_rate: 0.1\n",
+        "train_repeat": "train:\n  tower:\n    repeat: 0\n",
+        "train_repeat_word": "train:\n  tower:\n    repeat: twice\n",
+        "train_spacing": "train:\n  short:\n    repeat: 4\n    spacing: -64\n",
     }
     out = {}
     for name, text in made.items():
@@ -187,6 +190,18 @@ CASES: list[tuple[list[str], str]] = [
     (["train", "2", "--config", "{train_lr}"], ":4: train.short.lr: Input should be greater than 0"),
     (["train", "3", "--config", "{train_tower}"], "keeps the tower frozen"),
     (["train", "2", "--config", "{train_key}"], ":3: train.short.learning_rate: unknown setting"),
+    (
+        ["train", "0", "--config", "{train_repeat}"],
+        ":3: train.tower.repeat: Input should be greater",
+    ),
+    (
+        ["train", "0", "--config", "{train_repeat_word}"],
+        ":3: train.tower.repeat: Input should be a valid int",
+    ),
+    (
+        ["train", "2", "--config", "{train_spacing}"],
+        ":4: train.short.spacing: Input should be greater",
+    ),
 ]
 
 
