@@ -214,9 +214,8 @@ def _replayed(task: StageTask, steps: range, opts: RunOptions) -> Iterator[Any]:
         newest = step // k
         while first <= newest:
             kept[first] = next(fresh)
+            kept.pop(first - span - 1, None)  # no step from here on reaches that far back
             first += 1
-        for old in [n for n in kept if n < newest - span]:
-            del kept[old]
         yield kept[rendered_index(step, k, spacing)]
 
 
