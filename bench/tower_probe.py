@@ -34,8 +34,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from flashlive.model.config import PRESETS
-from flashlive.model.preprocess import normalisation_table
-from flashlive.model.train.parts import init_weights
+from flashlive.model.train.parts import init_weights, pixels
 from flashlive.model.vision import VisionTower
 from flashlive.model.world.palette import BACKGROUND_LEVELS, COLOUR_NAMES, COLOURS, SHAPES
 
@@ -108,13 +107,6 @@ def frames(rng: np.random.Generator, n: int, scheme: str) -> tuple[Tensor, Tenso
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), np.stack(index)
 
 
-def pixels(images: Tensor) -> Tensor:
-    """uint8 [N, S, S, 3] -> normalised [N, 3, 1, S, S], as the tower's preprocessing does."""
-    table = normalisation_table()
-    index = images.long().permute(0, 3, 1, 2)
-    return torch.stack([table[c][index[:, c]] for c in range(3)], 1)[:, :, None]
-
-
 class Cnn(nn.Module):
     """Four 3x3 conv + 2x pool stages and a last conv: [N, 3, 1, 224, 224] -> [N, 196, width]."""
 
@@ -147,7 +139,7 @@ def evaluate(
 ) -> dict[str, float]:
     images, labels, index = held_out
     chunks = [images[i : i + 32] for i in range(0, len(images), 32)]
-    logits = torch.cat([head(model(pixels(chunk).to(device))).cpu() for chunk in chunks])
+    logits = torch.cat([head(model(pixels(chunk[:, None].to(device)))).cpu() for chunk in chunks])
     covered = labels >= 0
     patch = float((logits.argmax(-1)[covered] == labels[covered]).float().mean())
     right = total = 0
@@ -174,7 +166,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / args.warmup)
         images, labels, _ = frames(rng, args.batch, args.colours)
-        logits = head(model(pixels(images).to(device)))
+        logits = head(model(pixels(images[:, None].to(device))))
         loss = F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=-1)
         opt.zero_grad()
         loss.backward()
@@ -188,6 +180,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if args.progress:
                 print(json.dumps(row), flush=True)
     return rows
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def positive(text: str) -> int:
@@ -215,7 +214,7 @@ def main() -> None:
     parser.add_argument("--lr", type=rate, default=1e-3)
     parser.add_argument("--warmup", type=positive, default=30)
     parser.add_argument("--every", type=positive, default=100)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=count, default=1)
     parser.add_argument("--threads", type=positive, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="fp32 on either")
     parser.add_argument("--progress", action="store_true", help="also print each evaluation as it is made")
