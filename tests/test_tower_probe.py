@@ -54,7 +54,7 @@ def test_both_models_give_a_token_per_patch(probe: ModuleType) -> None:
     images, _, _ = probe.frames(np.random.default_rng(0), 2, "palette")
     for kind in ("tower", "cnn"):
         model, width = probe.build(kind, seed=0)
-        assert tuple(model(probe.pixels(images)).shape) == (2, probe.GRID * probe.GRID, width)
+        assert tuple(model(probe.pixels(images[:, None])).shape) == (2, probe.GRID * probe.GRID, width)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,12 @@ def test_both_models_give_a_token_per_patch(probe: ModuleType) -> None:
         (["--batch", "many"], "argument --batch: invalid positive value: 'many'"),
         (["--lr", "5"], "argument --lr: must be between 0 and 1, got 5.0"),
         (["--colours", "purple"], "argument --colours: invalid choice: 'purple'"),
+        (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+        (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
+        (["--warmup", "-5"], "argument --warmup: must be at least 1, got -5"),
+        (["--every", "0"], "argument --every: must be at least 1, got 0"),
+        (["--threads", "1.5"], "argument --threads: invalid positive value: '1.5'"),
+        (["--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
     ],
 )
 def test_nonsense_on_the_command_line_exits_2_naming_the_argument(args: list[str], message: str) -> None:
